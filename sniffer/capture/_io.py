@@ -1,0 +1,19 @@
+"""Chunk reads that turn an I/O or decompression failure into a counted end of file."""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from typing import BinaryIO
+
+from ..stats import Stats
+
+
+def read_chunk(f: BinaryIO, n: int, stats: Stats) -> bytes:
+    try:
+        return f.read(n)
+    except EOFError:  # gzip stream cut short
+        stats.add("capture", "truncated_compressed")
+    except (OSError, gzip.BadGzipFile, zlib.error):
+        stats.add("capture", "read_error")
+    return b""

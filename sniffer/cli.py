@@ -1,0 +1,179 @@
+"""Command line: ``wirespan replay`` (and later ``capture``, ``agent``).
+
+The only module that prints. Exit codes: 0 success, 1 runtime failure, 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+from . import __version__
+from .errors import UsageError, WirespanError
+from .pipeline import Summary, run_replay
+
+PROG = "wirespan"
+PROGRESS_MIN_BYTES = 16 << 20
+
+_EPILOG_REPLAY = """\
+examples:
+  wirespan replay pcaps/sample-http1.pcap
+  wirespan replay --json eth0.pcap lo.pcapng.gz      merge two interfaces by time
+  tcpdump -i any -w - 'tcp port 8080' | wirespan replay -
+
+Reads pcap and pcapng (also gzip-compressed), any mix of Ethernet (with 802.1Q/QinQ),
+Linux cooked v1/v2 (tcpdump -i any), raw IPv4/IPv6, BSD NULL/LOOP and NFLOG link types.
+Several files are merged by timestamp; each file and interface is its own capture point,
+so one connection seen on two interfaces counts as two observations.
+"""
+
+_MESSAGES = {
+    ("capture", "truncated_record"): "the last record of a file is cut short (capture still being written, or truncated copy)",
+    ("capture", "truncated_compressed"): "a gzip stream ends early",
+    ("capture", "corrupt_record"): "a record has an impossible length; the rest of that file was skipped",
+    ("capture", "corrupt_block"): "a pcapng block is damaged; the rest of that file was skipped",
+    ("capture", "read_error"): "a read failed; the rest of that file was skipped",
+}
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Passive, packet-level tracer for service meshes: reads packets, "
+                    "reassembles TCP, and reports what it saw.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("-V", "--version", action="version", version=f"{PROG} {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    r = sub.add_parser(
+        "replay",
+        help="read capture files (pcap, pcapng, .gz) and summarise them",
+        description="Read capture files offline, run the full pipeline, and print a summary.",
+        epilog=_EPILOG_REPLAY,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    r.add_argument("files", nargs="+", metavar="FILE",
+                   help="capture file(s); '-' reads standard input")
+    r.add_argument("-c", "--count", type=int, default=0, metavar="N",
+                   help="stop after N packets (like tcpdump -c)")
+    r.add_argument("--json", action="store_true",
+                   help="print the summary as one JSON object instead of a table")
+    g = r.add_mutually_exclusive_group()
+    g.add_argument("--progress", dest="progress", action="store_true", default=None,
+                   help="always show a progress bar on stderr")
+    g.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="never show a progress bar (default: shown on a terminal for inputs "
+                        f"over {PROGRESS_MIN_BYTES >> 20} MiB)")
+    return p
+
+
+def _fmt_ts(ns: int | None) -> str:
+    if ns is None:
+        return "-"
+    dt = datetime.fromtimestamp(ns // 1_000_000_000, tz=timezone.utc)
+    return dt.strftime("%Y-%m-%d %H:%M:%S") + f".{ns % 1_000_000_000:09d} UTC"
+
+
+def _print_table(s: Summary) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    d = s.to_dict()
+    console = Console(highlight=False)
+    t = Table(title="wirespan replay", show_header=False, title_justify="left", box=None,
+              pad_edge=False)
+    t.add_column(style="bold")
+    t.add_column()
+    t.add_row("files", ", ".join(s.files))
+    t.add_row("packets", f"{s.packets:,} ({s.tcp_packets:,} TCP)")
+    t.add_row("bytes", f"{s.bytes:,}")
+    t.add_row("link types", ", ".join(f"{k} {v:,}" for k, v in d["link_types"].items()) or "-")
+    if len(d["interfaces"]) > 1:
+        t.add_row("capture points", ", ".join(f"{k} {v:,}" for k, v in d["interfaces"].items()))
+    t.add_row("capture span", f"{_fmt_ts(s.first_ts)} .. {_fmt_ts(s.last_ts)} "
+                              f"({s.duration_s:.3f} s)")
+    tcp = d["tcp"]
+    t.add_row("TCP flows", f"{d['flows']:,}")
+    t.add_row("gaps", f"{d['gaps']:,} ({d['gap_bytes']:,} bytes lost)")
+    extra = {k: v for k, v in tcp.items() if k not in ("connections", "gaps", "gap_bytes")}
+    if extra:
+        t.add_row("TCP notes", ", ".join(f"{k} {v:,}" for k, v in extra.items()))
+    errs = {**d["capture_errors"], **d["decode_errors"]}
+    t.add_row("decode errors", ", ".join(f"{k} {v:,}" for k, v in errs.items()) or "none")
+    if d["skipped"]:
+        t.add_row("not TCP (skipped)", ", ".join(f"{k} {v:,}" for k, v in d["skipped"].items()))
+    t.add_row("speed", f"{s.packets_per_s:,.0f} packets/s ({s.elapsed_s:.2f} s)")
+    console.print(t)
+
+
+def _warn_capture_problems(s: Summary) -> None:
+    for (stage, reason), n in sorted(s.stats.counts.items()):
+        msg = _MESSAGES.get((stage, reason))
+        if msg and n:
+            print(f"{PROG}: warning: {msg} ({n}x)", file=sys.stderr)
+
+
+def _replay(args: argparse.Namespace) -> int:
+    if args.count < 0:
+        raise UsageError("--count must be 0 (no limit) or more")
+    show = args.progress
+    if show is None:
+        total = sum(os.path.getsize(f) for f in args.files if f != "-" and os.path.isfile(f))
+        show = sys.stderr.isatty() and total >= PROGRESS_MIN_BYTES
+    if show:
+        from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
+                                   TimeRemainingColumn)
+
+        with Progress(TextColumn("replay"), BarColumn(), DownloadColumn(),
+                      TextColumn("{task.fields[pk]} packets"), TimeRemainingColumn(),
+                      transient=True, console=None) as bar:
+            task = bar.add_task("replay", total=None, pk="0")
+
+            def progress(packets: int, done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total or None, pk=f"{packets:,}")
+
+            summary = run_replay(args.files, count=args.count, progress=progress)
+    else:
+        summary = run_replay(args.files, count=args.count)
+    _warn_capture_problems(summary)
+    if args.json:
+        json.dump(summary.to_dict(), sys.stdout, indent=None, sort_keys=False)
+        sys.stdout.write("\n")
+    else:
+        _print_table(summary)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        handlers: dict[str, Any] = {"replay": _replay}
+        return int(handlers[args.command](args))
+    except WirespanError as e:
+        print(f"{PROG}: error: {e.message}", file=sys.stderr)
+        if e.hint:
+            print(f"{PROG}: hint: {e.hint}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # `wirespan replay --json ... | head`: the reader went away; not our failure.
+        try:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115
+        except OSError:
+            pass
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""The one loop: source -> decode -> TCP flows -> (stream consumers).
+
+``run_replay`` drives captures through the engine and returns a ``Summary``; the live
+capture and the agent feed the same ``Engine`` from their own sources.
+"""
+
+from __future__ import annotations
+
+import time
+from itertools import islice
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .capture import Capture, CapturePoint, Record, linktype_name, merge, open_capture
+from .decode import ETH_IP4_TCP, Decoder
+from .errors import WirespanError
+from .stats import Stats
+from .tcp import FlowTable, TcpConfig
+from .tcp.flows import ConsumerFactory
+
+ProgressFn = Callable[[int, int], None]  # (packets so far, raw bytes read so far)
+
+
+class Engine:
+    """Decode + reassembly for one stream of records. Sans-IO: records in, consumer calls out."""
+
+    def __init__(self, stats: Stats | None = None, factory: ConsumerFactory | None = None,
+                 tcp_config: TcpConfig | None = None) -> None:
+        self.stats = stats or Stats()
+        self.decoder = Decoder(self.stats)
+        self.flows = FlowTable(self.stats, factory, tcp_config)
+        self.packets = 0
+        self.bytes = 0
+        self.tcp_packets = 0
+        self.first_ts: int | None = None
+        self.last_ts: int | None = None
+
+    def run(self, records: Iterable[Record], count: int = 0,
+            progress: ProgressFn | None = None) -> None:
+        """Feed records until exhausted or ``count`` packets; ``progress`` every 65,536.
+
+        The loop inlines the commonest packet of all (Ethernet, IPv4 without options, TCP
+        without SYN/FIN/RST, next in sequence on an established direction) straight into its
+        consumer; every other packet takes ``Decoder.decode`` and ``FlowTable.feed``, which
+        implement the same rules in full. Measured: this is ~25% of the per-packet cost.
+        """
+        decode = self.decoder.decode
+        flows = self.flows
+        feed = flows.feed
+        lookup = flows.lookup
+        ack_beyond = flows.ack_beyond
+        max_jump = flows.config.max_seq_jump
+        packets = self.packets
+        nbytes = self.bytes
+        tcp = self.tcp_packets
+        lo = self.first_ts if self.first_ts is not None else 1 << 80
+        hi = self.last_ts if self.last_ts is not None else -1
+        mark = packets + 1  # housekeeping (sweep, progress): the first packet, then every 1,024
+        if count:
+            records = islice(records, count)
+        try:
+            for ts, point, buf, wirelen in records:
+                packets += 1
+                nbytes += wirelen
+                point.packets += 1
+                if ts > hi:
+                    hi = ts
+                elif ts < lo:  # (lo starts as the first packet's time: see housekeeping)
+                    lo = ts
+                if packets >= mark:
+                    mark = (packets + 1024) & ~1023
+                    if ts < lo:
+                        lo = ts
+                    if ts >= flows.next_sweep:  # idle flows and stale holes, by capture time
+                        flows.sweep(ts)
+                    if progress is not None and not packets & 0xFFFF:
+                        progress(packets, nbytes)
+                lt = point.linktype
+                if lt == 1:
+                    n = len(buf)
+                    if n >= 54:
+                        l2l3, tot, fragproto, addrs, ports, seq, ack, offflags = ETH_IP4_TCP(buf)
+                        # Ethernet+IPv4 without options, TCP, not a fragment, no SYN/FIN/RST
+                        if (l2l3 >> 8 == 0x080045 and fragproto & 0x3FFF00FF == 6
+                                and not offflags & 0x07):
+                            h = lookup((point, addrs, ports))
+                            end = 14 + tot
+                            pstart = 34 + ((offflags >> 12) << 2)
+                            if h is not None and h.fast and 54 <= pstart <= end <= n:
+                                tcp += 1
+                                if pstart < end:
+                                    if seq == h.nseq:
+                                        h.consumer.data(buf[pstart:end], ts)
+                                        h.next += end - pstart
+                                        h.nseq = (seq + end - pstart) & 0xFFFFFFFF
+                                    else:
+                                        h.segment(ts, seq, offflags & 0xFF, buf[pstart:end], 0)
+                                if offflags & 0x10 and ack != h.peer.nseq:
+                                    # ACK beyond what we saw: evidence of bytes the capture missed
+                                    p = h.peer
+                                    d = ((ack - p.nseq + 0x80000000) & 0xFFFFFFFF) - 0x80000000
+                                    if d > 0 and p.seen and d <= max_jump:
+                                        ack_beyond(p, d, ts)
+                                continue
+                elif lt == 276 and len(buf) >= 8:  # -i any (SLL2): a capture point per ifindex
+                    point = point.sub(int.from_bytes(buf[4:8], "big"))
+                seg = decode(ts, lt, buf, wirelen)
+                if seg is not None:
+                    tcp += 1
+                    feed(ts, point, seg)
+        finally:
+            self.packets, self.bytes, self.tcp_packets = packets, nbytes, tcp
+            if hi >= 0:
+                self.first_ts, self.last_ts = lo, hi
+
+    def finish(self) -> None:
+        end = self.last_ts or 0
+        self.flows.close_all(end)
+        self.decoder.close()
+
+
+@dataclass
+class Summary:
+    files: list[str]
+    packets: int
+    bytes: int
+    tcp_packets: int
+    first_ts: int | None
+    last_ts: int | None
+    elapsed_s: float
+    link_types: dict[str, int]
+    interfaces: dict[str, int]
+    stats: Stats
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def duration_s(self) -> float:
+        if self.first_ts is None or self.last_ts is None:
+            return 0.0
+        return (self.last_ts - self.first_ts) / 1e9
+
+    @property
+    def packets_per_s(self) -> float:
+        return self.packets / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        st = self.stats
+        tcp = st.by_stage("tcp")
+        return {
+            "files": self.files,
+            "packets": self.packets,
+            "bytes": self.bytes,
+            "tcp_packets": self.tcp_packets,
+            "flows": tcp.get("connections", 0),
+            "gaps": tcp.get("gaps", 0),
+            "gap_bytes": tcp.get("gap_bytes", 0),
+            "link_types": self.link_types,
+            "interfaces": self.interfaces,
+            "capture": {
+                "first_ts_ns": self.first_ts,
+                "last_ts_ns": self.last_ts,
+                "duration_s": round(self.duration_s, 6),
+            },
+            "decode_errors": st.by_stage("decode"),
+            "capture_errors": st.by_stage("capture"),
+            "skipped": st.by_stage("skipped"),
+            "tcp": tcp,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "packets_per_s": round(self.packets_per_s, 1),
+            **self.extra,
+        }
+
+
+def open_all(paths: list[str], stats: Stats) -> list[Capture]:
+    """Open every file first, so a bad one is reported before any work is done."""
+    caps: list[Capture] = []
+    try:
+        for p in paths:
+            caps.append(open_capture(p, stats))
+    except WirespanError:
+        for c in caps:
+            c.close()
+        raise
+    return caps
+
+
+def run_replay(paths: list[str], *, count: int = 0, factory: ConsumerFactory | None = None,
+               tcp_config: TcpConfig | None = None,
+               progress: Callable[[int, int, int], None] | None = None) -> Summary:
+    """Replay capture files through the engine. ``progress(packets, done, total)`` in raw bytes."""
+    stats = Stats()
+    caps = open_all(paths, stats)
+    engine = Engine(stats, factory, tcp_config)
+    total = sum(c.size for c in caps)
+    cb: ProgressFn | None = None
+    if progress is not None:
+        def cb(packets: int, _nbytes: int) -> None:
+            progress(packets, sum(c.position() for c in caps), total)
+    t0 = time.perf_counter()
+    try:
+        engine.run(merge(caps, stats), count=count, progress=cb)
+        engine.finish()
+    finally:
+        for c in caps:
+            c.close()
+    elapsed = time.perf_counter() - t0
+    points: list[CapturePoint] = [p for c in caps for p in c.points]
+    link_types: dict[str, int] = {}
+    interfaces: dict[str, int] = {}
+    for p in points:
+        if p.packets:
+            name = linktype_name(p.linktype)
+            link_types[name] = link_types.get(name, 0) + p.packets
+            interfaces[p.name] = interfaces.get(p.name, 0) + p.packets
+    return Summary(files=paths, packets=engine.packets, bytes=engine.bytes,
+                   tcp_packets=engine.tcp_packets, first_ts=engine.first_ts,
+                   last_ts=engine.last_ts, elapsed_s=elapsed, link_types=link_types,
+                   interfaces=interfaces, stats=stats)
