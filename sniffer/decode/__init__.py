@@ -188,21 +188,52 @@ class Decoder:
                     if bottom:
                         break
                 return self._raw_ip(ts, buf, off, n, depth, "mpls-non-ip")
-            elif et == 0x8864:  # PPPoE session: 6-byte header, then the PPP protocol
-                if n < off + 8:
-                    self._err("truncated_link")
-                    return None
-                proto = buf[off + 6] << 8 | buf[off + 7]
-                off += 8
-                et = ETH_IPV4 if proto == 0x0021 else ETH_IPV6 if proto == 0x0057 else 0
-                if not et:
-                    self._skip("pppoe-non-ip")
-                    return None
+            elif et == 0x8864:  # PPPoE session: 6-byte header, then PPP
+                return self._ppp(ts, buf, off + 6, n, depth)
             else:
                 self._skip(_ETHERTYPE_NAMES.get(et, "other-l3"))
                 return None
         self._err("too_many_link_headers")
         return None
+
+    def _ppp(self, ts: int, buf: bytes, off: int, n: int, depth: int) -> Segment | None:
+        """PPP: optional address/control (ff 03), then a 1- or 2-byte protocol (RFC 1661 §6.5
+        protocol-field compression: an odd first byte is the whole field)."""
+        if n >= off + 2 and buf[off] == 0xFF and buf[off + 1] == 0x03:
+            off += 2
+        if n < off + 1:
+            self._err("truncated_link")
+            return None
+        if buf[off] & 1:
+            proto, off = buf[off], off + 1
+        elif n >= off + 2:
+            proto, off = buf[off] << 8 | buf[off + 1], off + 2
+        else:
+            self._err("truncated_link")
+            return None
+        if proto == 0x21:
+            return self._ipv4(ts, buf, off, n, depth)
+        if proto == 0x57:
+            return self._ipv6(ts, buf, off, n, depth)
+        self._skip("ppp-non-ip")
+        return None
+
+    def _l2tp(self, ts: int, buf: bytes, p: int, end: int, depth: int) -> Segment | None:
+        """L2TPv2 data messages (RFC 2661 §3.1) carrying PPP."""
+        if end - p < 6:
+            self._err("truncated_tunnel")
+            return None
+        flags = buf[p] << 8 | buf[p + 1]
+        if flags & 0x8000 or flags & 0x000F != 2:  # control message, or not version 2
+            self._skip("l2tp")
+            return None
+        q = p + 2 + (2 if flags & 0x4000 else 0) + 4 + (4 if flags & 0x0800 else 0)
+        if flags & 0x0200:
+            if end - q < 2:
+                self._err("truncated_tunnel")
+                return None
+            q += 2 + (buf[q] << 8 | buf[q + 1])
+        return self._ppp(ts, buf, q, end, depth)
 
     def _raw_ip(self, ts: int, buf: bytes, off: int, n: int, depth: int,
                 other: str = "not-ip") -> Segment | None:
@@ -277,6 +308,8 @@ class Decoder:
                     if et == 0x6558:
                         return self._ether(ts, buf, u, end, depth + 1)
                     return self._l3(ts, et, buf, u, end, depth + 1)
+                if dport == 1701 and sport == 1701:  # L2TPv2
+                    return self._l2tp(ts, buf, u, end, depth + 1)
                 if dport == 4754:  # GRE-in-UDP (RFC 8086)
                     return self._gre(ts, buf, u, end, depth + 1)
                 if (dport == 2152 or sport == 2152) and end - u >= 8:  # GTP-U

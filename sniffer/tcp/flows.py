@@ -92,6 +92,7 @@ class TcpConfig:
     linger_ns: int = 10_000_000_000
     sweep_interval_ns: int = 1_000_000_000
     max_seq_jump: int = 1 << 28  # a segment this far ahead of the stream is not believed
+    max_tombstones: int = 65536  # forgotten connections whose stragglers are still recognised
 
 
 def payload_role_hint(chunk: bytes) -> int:
@@ -433,6 +434,7 @@ class FlowTable:
         self._closed: list[Connection] = []
         self._by_src: dict[tuple[object, bytes, int], Connection] = {}
         self._by_dst: dict[tuple[object, bytes, int], Connection] = {}
+        self._tombs: dict[FlowKey, tuple[int, int]] = {}  # forgotten flows: (first seq, span)
         self.next_sweep = 0
         self.last_sweep = 0
         self.lookup = self._flows.get  # FlowKey -> the direction it belongs to
@@ -452,6 +454,7 @@ class FlowTable:
         self.evicted_idle = 0
         self.evicted_cap = 0
         self.port_reuse = 0
+        self.synack_conflicts = 0
 
     @property
     def active(self) -> int:
@@ -481,8 +484,11 @@ class FlowTable:
                     self.ack_beyond(p, d, ts)
             return
         if h is None:
+            if not flags & SYN and self._tombs and self._in_tomb(point, seg):
+                self.after_close += 1
+                return
             h = self._new(ts, point, seg)
-        elif flags & SYN and (h.conn.closed or (h.seen and h.isn != seq)):
+        elif flags & SYN and self._starts_new(h, seq, ack if flags & ACK else None):
             if not h.conn.closed:
                 self.port_reuse += 1
                 self.close(h.conn, "reused", ts)
@@ -523,6 +529,27 @@ class FlowTable:
             off = p.fin_off  # the FIN takes a sequence number but is not data
         if off > p.next:
             p.note_ack(off, ts)
+
+    def _starts_new(self, h: Half, seq: int, ack: int | None) -> bool:
+        """A SYN on a known address pair: a new connection, or a copy/late arrival of ours?"""
+        if h.seen and h.isn is None and (seq + 1) & MASK == h.base:
+            h.isn = seq  # our own SYN, captured after later packets of the connection
+            return False
+        p = h.peer
+        if (ack is not None and not h.conn.closed and p.isn is not None
+                and ack == (p.isn + 1) & MASK):
+            self.synack_conflicts += 1  # a second SYN-ACK for the same SYN: first one stands
+            return False
+        if h.conn.closed:
+            return h.isn != seq  # a new connection, unless a copy of the SYN that opened this
+        return h.seen and h.isn != seq  # not: first packet this way, or a retransmitted SYN
+
+    def _in_tomb(self, point: object, seg: Segment) -> bool:
+        """Is this a straggler of a connection already closed and forgotten? Captures that
+        are not in time order (merged files, duplicated loopback packets) deliver such."""
+        src, sport, dst, dport, seq = seg[:5]
+        span = self._tombs.get(flow_key(point, src, sport, dst, dport))
+        return span is not None and ((seq - span[0]) & MASK) <= span[1]
 
     def _new(self, ts: int, point: object, seg: Segment) -> Half:
         src, sport, dst, dport, seq, ack, flags = seg[:7]
@@ -614,10 +641,16 @@ class FlowTable:
 
     def _forget(self, conn: Connection) -> None:
         flows = self._flows
+        tombs = self._tombs
         for key in conn.keys:
             h = flows.get(key)
             if h is not None and h.conn is conn:
                 del flows[key]
+                if h.seen:  # remember its sequence span: SYN .. FIN inclusive
+                    lo = (h.base - 1) & MASK
+                    tombs[key] = (lo, ((h.nseq - lo) & MASK) + 1)
+        while len(tombs) > self.config.max_tombstones:
+            del tombs[next(iter(tombs))]
 
     def sweep(self, ts: int) -> None:
         """Idle eviction, stale holes, and forgetting closed connections; every sweep interval."""
@@ -672,7 +705,8 @@ class FlowTable:
         st = self.stats
         for name in ("connections", "gaps", "gap_bytes", "retransmitted_bytes", "ooo_segments",
                      "buffer_overflows", "seq_out_of_window", "roles_swapped", "redirect_pairs",
-                     "after_close", "evicted_idle", "evicted_cap", "port_reuse"):
+                     "after_close", "evicted_idle", "evicted_cap", "port_reuse",
+                     "synack_conflicts"):
             v = getattr(self, name)
             if v:
                 st.add("tcp", name, v)
