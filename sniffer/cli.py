@@ -95,8 +95,7 @@ def _print_table(s: Summary) -> None:
     t.add_row("link types", ", ".join(f"{k} {v:,}" for k, v in d["link_types"].items()) or "-")
     if len(d["interfaces"]) > 1:
         t.add_row("capture points", ", ".join(f"{k} {v:,}" for k, v in d["interfaces"].items()))
-    t.add_row("capture span", f"{_fmt_ts(s.first_ts)} .. {_fmt_ts(s.last_ts)} "
-                              f"({s.duration_s:.3f} s)")
+    t.add_row("capture span", f"{s.duration_s:.3f} s from {_fmt_ts(s.first_ts)}")
     tcp = d["tcp"]
     t.add_row("TCP flows", f"{d['flows']:,}")
     t.add_row("gaps", f"{d['gaps']:,} ({d['gap_bytes']:,} bytes lost)")

@@ -24,6 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
 CORPUS = SHARED / "corpus" / "public"
 T0 = 1_700_000_000.0
+# Explicit MACs: without them scapy looks up routes and ARP for every Ether() it builds.
+MAC = {"src": "02:00:00:00:00:01", "dst": "02:00:00:00:00:02"}
 
 
 class Rec:
@@ -165,7 +167,19 @@ class Conv:
 
 
 def write_pcap(path: Path, pkts: list, linktype: int | None = None, nano: bool = False,
-               endianness: str = "", snaplen: int = 65535) -> Path:
+               endianness: str = "", snaplen: int = 65535, cut: bool = False) -> Path:
+    """Write packets with scapy's writer; ``cut`` truncates frames to ``snaplen`` the way
+    tcpdump -s does (captured length < wire length), which scapy does not do itself."""
+    if cut:
+        order = endianness or "<"
+        out = struct.pack(order + "IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, snaplen, linktype or 1)
+        for p in pkts:
+            raw = bytes(p)
+            t = int(round(float(p.time) * 1e6))
+            out += struct.pack(order + "IIII", t // 10**6, t % 10**6, min(len(raw), snaplen),
+                               len(raw)) + raw[:snaplen]
+        path.write_bytes(out)
+        return path
     w = PcapWriter(str(path), linktype=linktype, nano=nano, endianness=endianness,
                    snaplen=snaplen, sync=True)
     for p in pkts:

@@ -8,17 +8,18 @@ timestamp, lazily, so several files (one per interface or per pod) replay as one
 
 from __future__ import annotations
 
-import gzip
 import heapq
 import io
 import os
 import sys
+import zlib
 from collections.abc import Iterable, Iterator
 from operator import itemgetter
 from typing import BinaryIO
 
 from ..errors import CaptureFormatError, WirespanError
 from ..stats import Stats
+from ._gzip import GzipStream
 from .model import CapturePoint, linktype_name
 from .pcap import PcapReader, Record, is_pcap_magic
 from .pcapng import PcapngReader, is_pcapng_magic
@@ -88,7 +89,7 @@ def open_capture(path: str, stats: Stats) -> Capture:
     head = stream.peek(4)[:4] if hasattr(stream, "peek") else b""
     compressed = head[:2] == b"\x1f\x8b"
     if compressed:
-        stream = gzip.GzipFile(fileobj=stream, mode="rb")  # type: ignore[assignment]
+        stream = GzipStream(stream)  # type: ignore[assignment]
     try:
         head = stream.peek(16)[:16]  # type: ignore[attr-defined]
         if is_pcap_magic(head):
@@ -101,7 +102,7 @@ def open_capture(path: str, stats: Stats) -> Capture:
                 "wirespan reads pcap and pcapng files, optionally gzip-compressed; "
                 "write one with `tcpdump -w FILE`",
             )
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
+    except (OSError, EOFError, zlib.error) as e:
         raw.close()
         raise WirespanError(f"{path}: cannot read: {e}", "the file is damaged") from None
     except WirespanError:

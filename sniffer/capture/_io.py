@@ -11,7 +11,11 @@ from ..stats import Stats
 
 def read_chunk(f: BinaryIO, n: int, stats: Stats) -> bytes:
     try:
-        return f.read(n)
+        data = f.read(n)
+        if not data and getattr(f, "truncated", False):
+            f.truncated = False  # type: ignore[attr-defined]
+            stats.add("capture", "truncated_compressed")
+        return data
     except EOFError:  # gzip stream cut short
         stats.add("capture", "truncated_compressed")
     except (OSError, gzip.BadGzipFile, zlib.error):
