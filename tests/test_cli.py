@@ -62,6 +62,7 @@ def test_bundled_sample_json() -> None:
     assert d["flows"] == 4 and d["gaps"] == 0
     assert d["link_types"] == {"ethernet": d["packets"]}
     assert d["decode_errors"] == {}
+    assert d["tcp"] == {"connections": 4}  # a clean capture: no TCP anomalies at all
 
 
 def test_stdin_is_read(tmp: Path) -> None:

@@ -61,6 +61,17 @@ def wire_pairs(path) -> list[tuple[str, int, str, int, str]]:
     return out
 
 
+# Counters that must stay zero on these clean captures: one SYN-ACK per connection, no port
+# reuse, roles known from the handshake, nothing after close, no eviction or overflow.
+ANOMALIES = ("synack_conflicts", "port_reuse", "roles_swapped", "after_close", "evicted_idle",
+             "evicted_cap", "buffer_overflows", "seq_out_of_window")
+
+
+def assert_no_anomalies(d: dict) -> None:
+    bad = {k: d["tcp"][k] for k in ANOMALIES if d["tcp"].get(k)}
+    assert not bad, d["tcp"]
+
+
 def assert_closed_by_fin(r: Recorded) -> None:
     assert r.conn.close_reason == "fin", r.conn.close_reason
     assert r.client.end_reason == "fin" and r.server.end_reason == "fin"
@@ -98,7 +109,7 @@ def test_download_reassembled_exactly(lab: Lab) -> None:
     assert d["gaps"] == 0 and d["gap_bytes"] == 0, d
     assert d["link_types"] == {"ethernet": d["packets"]}, d
     assert d["tcp"].get("redirect_pairs", 0) == 0
-    assert d["tcp"].get("roles_swapped", 0) == 0
+    assert_no_anomalies(d)
     assert set(d["interfaces"]) == {"client-side.pcap", "server-side.pcap"}, d["interfaces"]
     assert len(rec.conns) == 4
 
@@ -176,6 +187,8 @@ def test_any_interface_sll2_capture(lab: Lab) -> None:
         assert d["flows"] == 2 and d["gaps"] == 0, d
         assert d["packets"] == d["tcp_packets"] > 0, d
         assert d["decode_errors"] == {} and d["skipped"] == {}, d
+        assert d["tcp"].get("redirect_pairs", 0) == 0
+        assert_no_anomalies(d)
         assert len(rec.conns) == 2
         # v2 carries the ifindex: both connections belong to the server veth's capture point.
         # v1 does not: one capture point for the whole file.
@@ -235,6 +248,7 @@ def test_outbound_redirect_on_lo_pairs_halves(lab: Lab) -> None:
     assert d["flows"] == 1, d
     assert d["gaps"] == 0, d
     assert summary.stats.get("tcp", "redirect_pairs") == 1
+    assert_no_anomalies(d)
     [r] = rec.conns
     c = r.conn
     assert not c.roles_inferred
@@ -276,6 +290,7 @@ def test_inbound_redirect_on_eth0_is_consistent(lab: Lab) -> None:
     d = summary.to_dict()
     assert d["flows"] == 1 and d["gaps"] == 0, d
     assert summary.stats.get("tcp", "redirect_pairs") == 0
+    assert_no_anomalies(d)
     [r] = rec.conns
     c = r.conn
     assert not c.roles_inferred

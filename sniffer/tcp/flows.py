@@ -535,14 +535,15 @@ class FlowTable:
         if h.seen and h.isn is None and (seq + 1) & MASK == h.base:
             h.isn = seq  # our own SYN, captured after later packets of the connection
             return False
-        p = h.peer
-        if (ack is not None and not h.conn.closed and p.isn is not None
-                and ack == (p.isn + 1) & MASK):
-            self.synack_conflicts += 1  # a second SYN-ACK for the same SYN: first one stands
-            return False
         if h.conn.closed:
             return h.isn != seq  # a new connection, unless a copy of the SYN that opened this
-        return h.seen and h.isn != seq  # not: first packet this way, or a retransmitted SYN
+        if not h.seen or h.isn == seq:
+            return False  # the first packet this way, or a retransmitted SYN
+        p = h.peer
+        if ack is not None and p.isn is not None and ack == (p.isn + 1) & MASK:
+            self.synack_conflicts += 1  # a second SYN-ACK for the same SYN: first one stands
+            return False
+        return True
 
     def _in_tomb(self, point: object, seg: Segment) -> bool:
         """Is this a straggler of a connection already closed and forgotten? Captures that
