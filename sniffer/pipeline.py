@@ -17,6 +17,7 @@ from .decode import ETH_IP4_TCP, Decoder
 from .errors import WirespanError
 from .stats import Stats
 from .tcp import FlowTable, TcpConfig
+from .tcp.flows import NO_FLOW
 from .tcp.flows import ConsumerFactory
 
 ProgressFn = Callable[[int, int], None]  # (packets so far, raw bytes read so far)
@@ -51,17 +52,17 @@ class Engine:
         lookup = flows.lookup
         ack_beyond = flows.ack_beyond
         max_jump = flows.config.max_seq_jump
-        packets = self.packets
+        start = packets = self.packets
         nbytes = self.bytes
-        tcp = self.tcp_packets
+        slow = slow_tcp = 0  # packets (and TCP packets) that took the general path
+        no_flow = NO_FLOW
         lo = self.first_ts if self.first_ts is not None else 1 << 80
         hi = self.last_ts if self.last_ts is not None else -1
         mark = packets + 1  # housekeeping (sweep, progress): the first packet, then every 1,024
         if count:
             records = islice(records, count)
         try:
-            for ts, point, buf, wirelen in records:
-                packets += 1
+            for packets, (ts, point, buf, wirelen) in enumerate(records, start + 1):
                 nbytes += wirelen
                 point.packets += 1
                 if ts > hi:
@@ -84,11 +85,10 @@ class Engine:
                         # Ethernet+IPv4 without options, TCP, not a fragment, no SYN/FIN/RST
                         if (l2l3 >> 8 == 0x080045 and fragproto & 0x3FFF00FF == 6
                                 and not offflags & 0x07):
-                            h = lookup((point, addrs, ports))
+                            h = lookup((point, addrs, ports), no_flow)
                             end = 14 + tot
                             pstart = 34 + ((offflags >> 12) << 2)
-                            if h is not None and h.fast and 54 <= pstart <= end <= n:
-                                tcp += 1
+                            if h.fast and 54 <= pstart <= end <= n:
                                 if pstart < end:
                                     if seq == h.nseq:
                                         h.consumer.data(buf[pstart:end], ts)
@@ -105,12 +105,15 @@ class Engine:
                                 continue
                 elif lt == 276 and len(buf) >= 8:  # -i any (SLL2): a capture point per ifindex
                     point = point.sub(int.from_bytes(buf[4:8], "big"))
+                    point.packets += 1
+                slow += 1
                 seg = decode(ts, lt, buf, wirelen)
                 if seg is not None:
-                    tcp += 1
+                    slow_tcp += 1
                     feed(ts, point, seg)
         finally:
-            self.packets, self.bytes, self.tcp_packets = packets, nbytes, tcp
+            self.tcp_packets += packets - start - slow + slow_tcp
+            self.packets, self.bytes = packets, nbytes
             if hi >= 0:
                 self.first_ts, self.last_ts = lo, hi
 
@@ -212,7 +215,10 @@ def run_replay(paths: list[str], *, count: int = 0, factory: ConsumerFactory | N
         if p.packets:
             name = linktype_name(p.linktype)
             link_types[name] = link_types.get(name, 0) + p.packets
-            interfaces[p.name] = interfaces.get(p.name, 0) + p.packets
+            subs = p.subs()
+            for q in subs or [p]:  # an `-i any` capture lists its interfaces
+                if q.packets:
+                    interfaces[q.name] = interfaces.get(q.name, 0) + q.packets
     return Summary(files=paths, packets=engine.packets, bytes=engine.bytes,
                    tcp_packets=engine.tcp_packets, first_ts=engine.first_ts,
                    last_ts=engine.last_ts, elapsed_s=elapsed, link_types=link_types,

@@ -73,9 +73,10 @@ def test_link_types(tmp: Path, kind: str, v6: bool) -> None:
         pkts = [Raw(struct.pack(">I", 24 if v6 else 2) + bytes(p)) for p in c.pkts]
         for f, p in zip(pkts, c.pkts):
             f.time = p.time
-    _, r = check(tmp, pkts, lt, expect_link=name)
-    if kind == "sll2":
+    summary, r = check(tmp, pkts, lt, expect_link=name)
+    if kind == "sll2":  # -i any: the interface index is the capture point
         assert r.conn.point.interface == "ifindex3"
+        assert summary.to_dict()["interfaces"] == {"x.pcap:ifindex3": len(pkts)}
 
 
 def test_ipv4_options(tmp: Path) -> None:

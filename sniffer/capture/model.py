@@ -56,6 +56,9 @@ class CapturePoint:
                                              self.snaplen)
         return p
 
+    def subs(self) -> list[CapturePoint]:
+        return list((self._subs or {}).values())
+
     @property
     def name(self) -> str:
         parts = [p for p in (self.namespace, self.interface) if p]

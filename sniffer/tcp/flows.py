@@ -362,6 +362,16 @@ class Half:
             self.table.close(self.conn, reason, ts)
 
 
+class _NoFlow:
+    """What ``FlowTable.lookup`` returns for an unknown key: never on the fast path."""
+
+    __slots__ = ()
+    fast = False
+
+
+NO_FLOW = _NoFlow()
+
+
 class Connection:
     """One TCP connection as observed at one capture point."""
 
