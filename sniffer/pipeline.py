@@ -15,6 +15,8 @@ from typing import Any
 from .capture import Capture, CapturePoint, Record, linktype_name, merge, open_capture
 from .decode import ETH_IP4_TCP, Decoder
 from .errors import WirespanError
+from .exchange import Exchange
+from .proto import Dispatcher
 from .stats import Stats
 from .tcp import FlowTable, TcpConfig
 from .tcp.flows import NO_FLOW
@@ -188,12 +190,38 @@ def open_all(paths: list[str], stats: Stats) -> list[Capture]:
     return caps
 
 
+class ExchangeCounter:
+    """The default exchange sink for now: counts exchanges by protocol and by flag, and hands
+    each exchange on to ``then`` (span building, tests) if given."""
+
+    def __init__(self, then: Callable[[Exchange], None] | None = None) -> None:
+        self.by_protocol: dict[str, int] = {}
+        self.flags: dict[str, int] = {}
+        self.then = then
+
+    def __call__(self, ex: Exchange) -> None:
+        self.by_protocol[ex.protocol] = self.by_protocol.get(ex.protocol, 0) + 1
+        for f in ex.flags:
+            self.flags[f] = self.flags.get(f, 0) + 1
+        if self.then is not None:
+            self.then(ex)
+
+
 def run_replay(paths: list[str], *, count: int = 0, factory: ConsumerFactory | None = None,
                tcp_config: TcpConfig | None = None,
-               progress: Callable[[int, int, int], None] | None = None) -> Summary:
-    """Replay capture files through the engine. ``progress(packets, done, total)`` in raw bytes."""
+               progress: Callable[[int, int, int], None] | None = None,
+               on_exchange: Callable[[Exchange], None] | None = None) -> Summary:
+    """Replay capture files through the engine. ``progress(packets, done, total)`` in raw bytes.
+
+    By default every connection goes through protocol detection and the parsers, and each
+    finished exchange is counted (and passed to ``on_exchange``); a ``factory`` replaces that
+    with the caller's own stream consumers.
+    """
     stats = Stats()
     caps = open_all(paths, stats)
+    counter = ExchangeCounter(on_exchange)
+    if factory is None:
+        factory = Dispatcher(counter, stats)
     engine = Engine(stats, factory, tcp_config)
     total = sum(c.size for c in caps)
     cb: ProgressFn | None = None
@@ -219,7 +247,14 @@ def run_replay(paths: list[str], *, count: int = 0, factory: ConsumerFactory | N
             for q in subs or [p]:  # an `-i any` capture lists its interfaces
                 if q.packets:
                     interfaces[q.name] = interfaces.get(q.name, 0) + q.packets
+    extra: dict[str, Any] = {
+        "exchanges": dict(sorted(counter.by_protocol.items())),
+        "exchange_flags": dict(sorted(counter.flags.items())),
+        "protocols": stats.by_stage("protocols"),
+        "parse_errors": {f"http1:{k}": v for k, v in stats.by_stage("http1").items()
+                         if not k.startswith("opaque_")},
+    }
     return Summary(files=paths, packets=engine.packets, bytes=engine.bytes,
                    tcp_packets=engine.tcp_packets, first_ts=engine.first_ts,
                    last_ts=engine.last_ts, elapsed_s=elapsed, link_types=link_types,
-                   interfaces=interfaces, stats=stats)
+                   interfaces=interfaces, stats=stats, extra=extra)

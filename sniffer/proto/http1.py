@@ -1,0 +1,482 @@
+"""Passive HTTP/1.x: both directions of one connection, bytes and timestamps in, exchanges out.
+
+Rules of this module
+--------------------
+* Sans-IO: ``Http1Connection`` is fed by the TCP layer through two ``StreamConsumer``s
+  (``client_side``, ``server_side``) and hands finished ``Exchange``s to a sink. Nothing here
+  reads sockets or clocks: every time comes from the packet that carried the bytes.
+* Framing follows RFC 9112 §6.3 as an observer of both directions: responses are matched to
+  requests in order (pipelining), a response's body depends on the request method (HEAD,
+  CONNECT) and its status (1xx, 204, 304), then Transfer-Encoding (chunked last: chunked,
+  else close-delimited), then Content-Length, else close-delimited (responses) or empty
+  (requests). 1xx responses other than 101 are interim and do not consume the request.
+  ``101 Switching Protocols`` and a 2xx answer to ``CONNECT`` turn the rest of the connection
+  opaque (counted, never parsed as HTTP).
+* Bodies are counted and skipped, never stored. Header blocks are bounded
+  (``MAX_HEAD_BYTES``, ``MAX_HEADERS``): larger is an anomaly and a resync.
+* Gaps: inside a Content-Length or chunk body the gap is counted against the body and
+  parsing continues in step; anywhere else the message in progress is flagged ``gap`` and
+  the direction resynchronises at the next plausible message start (a request line, or a
+  status line), counting the bytes it skipped.
+* Anomalies are counted in ``Stats`` under stage ``http1`` with a reason (Zeek "weird"
+  style) and never raise out of this module.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from collections.abc import Callable
+
+from ..exchange import Exchange, Headers, Message
+from ..stats import Stats
+
+MAX_HEAD_BYTES = 64 * 1024
+MAX_HEADERS = 256
+MAX_CHUNK_LINE = 1024
+MAX_PENDING = 100  # pipelined requests awaiting responses (Zeek's max_pending_requests)
+
+_END_OF_HEAD = re.compile(rb"\r?\n\r?\n")
+_REQUEST_LINE = re.compile(rb"([A-Z][A-Z0-9_-]{0,23}) (\S{1,65536}) HTTP/(1\.[01])\r?\n")
+_STATUS_LINE = re.compile(rb"HTTP/(1\.[01]) ([0-9]{3})(?: [^\r\n]*)?\r?\n")
+_REQUEST_START = re.compile(
+    rb"(?:GET|POST|PUT|HEAD|DELETE|OPTIONS|PATCH|CONNECT|TRACE|PROPFIND|REPORT|MKCOL|"
+    rb"PROPPATCH|COPY|MOVE|LOCK|UNLOCK|SEARCH|PURGE) [!-~]+ HTTP/1\.[01]\r?\n")
+_RESPONSE_START = re.compile(rb"HTTP/1\.[01] [0-9]{3}[ \r\n]")
+METHODS = (b"GET ", b"POST ", b"PUT ", b"HEAD ", b"DELETE ", b"OPTIONS ", b"PATCH ",
+           b"CONNECT ", b"TRACE ", b"PROPFIND ", b"REPORT ", b"MKCOL ", b"PROPPATCH ",
+           b"COPY ", b"MOVE ", b"LOCK ", b"UNLOCK ", b"SEARCH ", b"PURGE ")
+
+# direction states
+HEAD, BODY, CHUNK_SIZE, CHUNK_DATA, CHUNK_CRLF, TRAILERS, CLOSE, OPAQUE, RESYNC = range(9)
+
+
+def looks_like_request(first: bytes) -> bool:
+    return first.startswith(METHODS)
+
+
+def looks_like_response(first: bytes) -> bool:
+    return first.startswith((b"HTTP/1.0 ", b"HTTP/1.1 "))
+
+
+def parse_headers(lines: list[bytes], stats: Stats) -> Headers:
+    """Header field lines -> [(lowercased name, value)], obs-fold joined (RFC 9112 §5.2)."""
+    out: Headers = []
+    for raw in lines:
+        if raw[:1] in (b" ", b"\t"):
+            if out:
+                name, value = out[-1]
+                out[-1] = (name, value + " " + raw.strip().decode("latin-1"))
+            stats.add("http1", "obs_fold")
+            continue
+        colon = raw.find(b":")
+        if colon <= 0:
+            stats.add("http1", "bad_header_line")
+            continue
+        if len(out) >= MAX_HEADERS:
+            stats.add("http1", "too_many_headers")
+            break
+        name = raw[:colon].strip().decode("latin-1").lower()
+        out.append((name, raw[colon + 1 :].strip().decode("latin-1")))
+    return out
+
+
+def body_framing(is_request: bool, method: str, status: int,
+                 headers: Headers) -> tuple[str, int]:
+    """RFC 9112 §6.3: ("none"|"length"|"chunked"|"close"|"tunnel", length)."""
+    if not is_request:
+        if method == "HEAD" or 100 <= status < 200 or status in (204, 304):
+            return ("tunnel", 0) if status == 101 else ("none", 0)
+        if method == "CONNECT" and 200 <= status < 300:
+            return "tunnel", 0
+    te = cl = None
+    for name, value in headers:
+        if name == "transfer-encoding":
+            te = value if te is None else te + "," + value
+        elif name == "content-length" and cl is None:
+            cl = value
+    if te is not None:
+        last = te.rsplit(",", 1)[-1].strip().lower()
+        if last == "chunked":
+            return "chunked", 0
+        return ("close", 0) if not is_request else ("bad", 0)
+    if cl is not None:
+        values = {v.strip() for v in cl.split(",")}
+        if len(values) == 1:
+            v = values.pop()
+            if v.isdigit() and len(v) < 19:
+                n = int(v)
+                return ("length", n) if n else ("none", 0)
+        return "bad", 0
+    return ("none", 0) if is_request else ("close", 0)
+
+
+class _Side:
+    """One direction's parser state; ``is_request`` for client -> server."""
+
+    __slots__ = ("conn", "is_request", "state", "buf", "remaining", "msg", "ex", "tail",
+                 "started", "skipped", "first_ts")
+
+    def __init__(self, conn: Http1Connection, is_request: bool) -> None:
+        self.conn = conn
+        self.is_request = is_request
+        self.state = HEAD
+        self.buf = bytearray()
+        self.remaining = 0
+        self.msg: Message | None = None
+        self.ex: Exchange | None = None
+        self.tail = b""
+        self.started = False
+        self.skipped = 0
+        self.first_ts = 0
+
+    # -- StreamConsumer ----------------------------------------------------------------------
+    def data(self, chunk: bytes, ts: int) -> None:
+        try:
+            self._data(chunk, ts)
+        except Exception:  # noqa: BLE001 - a parser bug must not stop the pipeline
+            self.conn.stats.add("http1", "internal_error")
+            self.state = OPAQUE
+
+    def gap(self, length: int, ts: int) -> None:
+        try:
+            self._gap(length, ts)
+        except Exception:  # noqa: BLE001 - a parser bug must not stop the pipeline
+            self.conn.stats.add("http1", "internal_error")
+            self.state = OPAQUE
+
+    def _gap(self, length: int, ts: int) -> None:
+        st = self.state
+        c = self.conn
+        if self.msg is not None:
+            self._flag("gap")
+        if st == BODY:
+            self.msg.body_bytes += min(length, self.remaining)  # type: ignore[union-attr]
+            self.remaining -= length
+            if self.remaining >= 0:
+                if self.remaining == 0:
+                    self._message_done(ts)
+                return
+            c.stats.add("http1", "gap_lost_sync")
+        elif st == CHUNK_DATA and length <= self.remaining:
+            self.remaining -= length
+            self.msg.body_bytes += length  # type: ignore[union-attr]
+            if not self.remaining:
+                self.state = CHUNK_CRLF
+                self.remaining = 2
+            return
+        elif st in (CLOSE, OPAQUE):
+            if self.msg is not None:
+                self.msg.body_bytes += length
+            return
+        elif st == HEAD and not self.buf and self.msg is None:
+            pass  # between messages: nothing lost but the bytes themselves
+        else:
+            c.stats.add("http1", "gap_in_head")
+        self._abandon(ts)
+        self.state = RESYNC
+        self.buf.clear()
+        self.tail = b""
+
+    def end(self, reason: str, ts: int) -> None:
+        try:
+            self.conn.side_ended(self, reason, ts)
+        except Exception:  # noqa: BLE001 - a parser bug must not stop the pipeline
+            self.conn.stats.add("http1", "internal_error")
+
+    # -- parsing -----------------------------------------------------------------------------
+    def _data(self, chunk: bytes, ts: int) -> None:
+        pos = 0
+        n = len(chunk)
+        while pos < n:
+            st = self.state
+            if st == HEAD:
+                buf = self.buf
+                if not buf:
+                    while pos < n and chunk[pos] in (13, 10):  # empty lines between messages
+                        pos += 1
+                    if pos == n:
+                        return
+                    self.first_ts = ts
+                prev = len(buf)
+                buf += chunk[pos:] if pos else chunk
+                m = _END_OF_HEAD.search(buf, max(0, prev - 3))
+                if m is None:
+                    if len(buf) > MAX_HEAD_BYTES:
+                        self.conn.stats.add("http1", "head_too_large")
+                        self._to_resync(b"")
+                    return
+                pos += m.end() - prev
+                if m.start() > MAX_HEAD_BYTES:  # skip it whole, then look for the next one
+                    self.conn.stats.add("http1", "head_too_large")
+                    self._to_resync(b"")
+                    continue
+                head = bytes(buf[: m.start()])
+                buf.clear()
+                self._head(head, ts)
+            elif st == BODY:
+                take = min(self.remaining, n - pos)
+                self.remaining -= take
+                self.msg.body_bytes += take  # type: ignore[union-attr]
+                pos += take
+                if not self.remaining:
+                    self._message_done(ts)
+            elif st == CHUNK_DATA:
+                take = min(self.remaining, n - pos)
+                self.remaining -= take
+                self.msg.body_bytes += take  # type: ignore[union-attr]
+                pos += take
+                if not self.remaining:
+                    self.state = CHUNK_CRLF
+                    self.remaining = 2
+            elif st == CHUNK_CRLF:
+                # the CRLF after chunk data; tolerate a bare LF
+                b = chunk[pos]
+                if b == 13 and self.remaining == 2:
+                    self.remaining = 1
+                    pos += 1
+                elif b == 10:
+                    pos += 1
+                    self.state = CHUNK_SIZE
+                else:
+                    self.conn.stats.add("http1", "bad_chunk_crlf")
+                    self.state = CHUNK_SIZE
+            elif st == CHUNK_SIZE or st == TRAILERS:
+                nl = chunk.find(b"\n", pos)
+                if nl < 0:
+                    self.buf += chunk[pos:]
+                    if len(self.buf) > (MAX_CHUNK_LINE if st == CHUNK_SIZE else MAX_HEAD_BYTES):
+                        self.conn.stats.add("http1", "bad_chunk_size")
+                        self._to_resync(b"")
+                    return
+                self.buf += chunk[pos:nl]
+                pos = nl + 1
+                line = bytes(self.buf).rstrip(b"\r")
+                self.buf.clear()
+                if st == CHUNK_SIZE:
+                    self._chunk_size(line, ts)
+                elif line:
+                    self.msg.trailers += parse_headers([line], self.conn.stats)  # type: ignore[union-attr]
+                else:
+                    self._message_done(ts)
+            elif st == CLOSE or st == OPAQUE:
+                if self.msg is not None:
+                    self.msg.body_bytes += n - pos
+                    self.msg.last_ts = ts
+                else:
+                    self.conn.opaque_bytes += n - pos
+                return
+            else:  # RESYNC
+                data = self.tail + (chunk[pos:] if pos else chunk)
+                pat = _REQUEST_START if self.is_request else _RESPONSE_START
+                m = pat.search(data)
+                if m is None:
+                    keep = min(len(data), 40)  # a start split across chunks
+                    self.skipped += len(data) - keep
+                    self.tail = data[-keep:] if keep else b""
+                    return
+                self.skipped += m.start()
+                self.conn.stats.add("http1", "resync")
+                self.conn.stats.add("http1", "resync_skipped_bytes", self.skipped)
+                self.skipped = 0
+                self.tail = b""
+                self.state = HEAD
+                chunk, pos = data[m.start() :], 0
+                n = len(chunk)
+
+    def _to_resync(self, rest: bytes) -> None:
+        self._abandon(0)
+        self.buf.clear()
+        self.state = RESYNC
+        self.tail = rest
+
+    def _flag(self, flag: str) -> None:
+        if self.ex is not None:
+            self.ex.flags.add(flag)
+
+    def _abandon(self, ts: int) -> None:
+        """The message in progress cannot be completed: hand over what we have."""
+        if self.ex is not None and self.msg is not None:
+            self.ex.flags.add("gap")
+            if self.is_request:
+                self.msg.last_ts = self.msg.last_ts or ts
+            else:
+                self.conn.response_done(self.ex, complete=False)
+        self.msg = None
+        self.ex = None
+
+    def _head(self, head: bytes, ts: int) -> None:
+        c = self.conn
+        lines = head.split(b"\n")
+        first = lines[0].rstrip(b"\r")
+        if self.is_request:
+            m = _REQUEST_LINE.match(first + b"\n")
+            if m is None:
+                c.stats.add("http1", "bad_request_line")
+                self._to_resync(b"")
+                return
+            method = m.group(1).decode("ascii")
+            msg = Message(first_ts=self.first_ts, last_ts=ts)
+            msg.headers = parse_headers([ln.rstrip(b"\r") for ln in lines[1:]], c.stats)
+            ex = c.new_exchange("http/" + m.group(3).decode("ascii"), method,
+                                m.group(2).decode("latin-1"), msg)
+            self.ex, self.msg = ex, msg
+            kind, length = body_framing(True, method, 0, msg.headers)
+        else:
+            m = _STATUS_LINE.match(first + b"\n")
+            if m is None:
+                c.stats.add("http1", "bad_status_line")
+                self._to_resync(b"")
+                return
+            status = int(m.group(2))
+            msg = Message(first_ts=self.first_ts, last_ts=ts)
+            msg.headers = parse_headers([ln.rstrip(b"\r") for ln in lines[1:]], c.stats)
+            ex = c.match_response(status, msg, "http/" + m.group(1).decode("ascii"))
+            self.ex, self.msg = ex, msg
+            kind, length = body_framing(False, ex.method, status, msg.headers)
+            if 100 <= status < 200 and status != 101:
+                # interim: does not answer the request; the final response follows
+                self.msg, self.ex = None, None
+                self.state = HEAD
+                return
+        if kind == "length":
+            self.state, self.remaining = BODY, length
+        elif kind == "chunked":
+            self.state = CHUNK_SIZE
+        elif kind == "close":
+            self.state = CLOSE
+        elif kind == "tunnel":
+            why = "upgrade" if ex.status == 101 else "connect"
+            self._message_done(ts)
+            c.go_opaque(why)
+            return
+        elif kind == "bad":
+            c.stats.add("http1", "bad_framing")
+            self._message_done(ts)
+            c.go_opaque("bad_framing")
+            return
+        else:
+            self._message_done(ts)
+
+    def _chunk_size(self, line: bytes, ts: int) -> None:
+        size = line.split(b";", 1)[0].strip()
+        try:
+            n = int(size, 16) if size else -1
+        except ValueError:
+            n = -1
+        if n < 0 or len(size) > 15:
+            self.conn.stats.add("http1", "bad_chunk_size")
+            self._to_resync(b"")
+            return
+        if n == 0:
+            self.state = TRAILERS
+        else:
+            self.state, self.remaining = CHUNK_DATA, n
+
+    def _message_done(self, ts: int) -> None:
+        msg, ex = self.msg, self.ex
+        self.state = HEAD
+        self.msg = self.ex = None
+        if msg is None or ex is None:
+            return
+        msg.last_ts = ts
+        msg.complete = True
+        if not self.is_request:
+            self.conn.response_done(ex, complete=True)
+
+
+class Http1Connection:
+    """Both directions of one TCP connection speaking HTTP/1.x."""
+
+    def __init__(self, conn: object, emit: Callable[[Exchange], None], stats: Stats,
+                 point: object, client: tuple[bytes, int], server: tuple[bytes, int],
+                 conn_id: int, dialled: tuple[bytes, int] | None = None) -> None:
+        self.emit = emit
+        self.stats = stats
+        self.point = point
+        self.client = client
+        self.server = server
+        self.conn_id = conn_id
+        self.dialled = dialled
+        self.client_side = _Side(self, True)
+        self.server_side = _Side(self, False)
+        self.pending: deque[Exchange] = deque()  # requests awaiting a response head
+        self.opaque = ""
+        self.opaque_bytes = 0
+        self._ended: set[bool] = set()
+
+    def start_mid_stream(self) -> None:
+        """A capture that joined mid-connection: find the first message start first."""
+        self.client_side.state = RESYNC
+        self.server_side.state = RESYNC
+
+    def new_exchange(self, protocol: str, method: str, target: str, msg: Message) -> Exchange:
+        ex = Exchange(self.conn_id, self.point, self.client, self.server, protocol,
+                      method=method, target=target, request=msg, dialled=self.dialled)
+        host = msg.header("host")
+        if host is not None:
+            ex.authority = host
+        elif target.startswith(("http://", "https://")):
+            ex.authority = target.split("/", 3)[2]
+        if len(self.pending) >= MAX_PENDING:
+            self.stats.add("http1", "excessive_pipelining")
+            old = self.pending.popleft()
+            old.flags.add("no_response")
+            self.emit(old)
+        self.pending.append(ex)
+        return ex
+
+    def match_response(self, status: int, msg: Message, protocol: str) -> Exchange:
+        if self.pending:
+            ex = self.pending[0]
+            if not (100 <= status < 200 and status != 101):
+                self.pending.popleft()
+        else:
+            # a response with no request seen: mid-stream join, or the request was lost
+            self.stats.add("http1", "response_without_request")
+            ex = Exchange(self.conn_id, self.point, self.client, self.server, protocol,
+                          dialled=self.dialled)
+            ex.flags.add("no_request")
+            if 100 <= status < 200 and status != 101:
+                return ex
+        if 100 <= status < 200 and status != 101:
+            ex.flags.add(f"interim_{status}")
+            return ex
+        ex.status = status
+        ex.response = msg
+        return ex
+
+    def response_done(self, ex: Exchange, complete: bool) -> None:
+        """The response is finished, or can't be (the caller has flagged why)."""
+        self.emit(ex)
+
+    def go_opaque(self, why: str) -> None:
+        self.opaque = why
+        self.stats.add("http1", f"opaque_{why}")
+        for side in (self.client_side, self.server_side):
+            side.state = OPAQUE
+            side.buf.clear()
+
+    def side_ended(self, side: _Side, reason: str, ts: int) -> None:
+        if side.is_request in self._ended:
+            return
+        self._ended.add(side.is_request)
+        flag = {"fin": "", "rst": "reset", "capture_end": "capture_end"}.get(reason, reason)
+        if side.msg is not None and side.ex is not None:
+            if side.state == CLOSE and reason == "fin":
+                side._message_done(ts)  # a close-delimited body ends at the FIN
+            else:
+                if flag:
+                    side.ex.flags.add(flag)
+                side.msg.last_ts = side.msg.last_ts or ts
+                if not side.is_request:
+                    side.msg, ex = None, side.ex
+                    side.ex = None
+                    self.response_done(ex, complete=False)
+        if len(self._ended) == 2:
+            while self.pending:
+                ex = self.pending.popleft()
+                ex.flags.add("no_response")
+                if flag:
+                    ex.flags.add(flag)
+                self.emit(ex)
