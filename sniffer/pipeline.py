@@ -60,7 +60,8 @@ class Engine:
         no_flow = NO_FLOW
         lo = self.first_ts if self.first_ts is not None else 1 << 80
         hi = self.last_ts if self.last_ts is not None else -1
-        mark = packets + 1  # housekeeping (sweep, progress): the first packet, then every 1,024
+        mark = packets + 1  # housekeeping (progress, lo): the first packet, then every 1,024
+        next_sweep = flows.next_sweep
         if count:
             records = islice(records, count)
         try:
@@ -71,12 +72,13 @@ class Engine:
                     hi = ts
                 elif ts < lo:  # (lo starts as the first packet's time: see housekeeping)
                     lo = ts
+                if ts >= next_sweep:  # idle flows and stale holes, every second of capture
+                    flows.sweep(ts)
+                    next_sweep = flows.next_sweep
                 if packets >= mark:
                     mark = (packets + 1024) & ~1023
                     if ts < lo:
                         lo = ts
-                    if ts >= flows.next_sweep:  # idle flows and stale holes, by capture time
-                        flows.sweep(ts)
                     if progress is not None and not packets & 0xFFFF:
                         progress(packets, nbytes)
                 lt = point.linktype
@@ -113,6 +115,7 @@ class Engine:
                 if seg is not None:
                     slow_tcp += 1
                     feed(ts, point, seg)
+                    next_sweep = flows.next_sweep  # feed may have swept
         finally:
             self.tcp_packets += packets - start - slow + slow_tcp
             self.packets, self.bytes = packets, nbytes

@@ -41,15 +41,6 @@ def check(tmp: Path, pkts: list, linktype: int | None = None, name: str = "x.pca
     return summary, r
 
 
-def wrap(c: Conv, fn) -> list:
-    out = []
-    for p in c.pkts:
-        f = fn(p)
-        f.time = p.time
-        out.append(f)
-    return out
-
-
 @pytest.mark.parametrize("v6", [False, True])
 @pytest.mark.parametrize("kind", ["ethernet", "vlan", "qinq", "sll", "sll2", "raw", "null",
                                   "loop"])
@@ -68,7 +59,7 @@ def test_link_types(tmp: Path, kind: str, v6: bool) -> None:
         "loop": (lambda p: p, 108, "loop"),
     }
     fn, lt, name = fns[kind]
-    pkts = wrap(c, fn)
+    pkts = c.l2(fn)
     if kind == "loop":  # network-order family: write the 4-byte header by hand
         pkts = [Raw(struct.pack(">I", 24 if v6 else 2) + bytes(p)) for p in c.pkts]
         for f, p in zip(pkts, c.pkts):
@@ -83,7 +74,7 @@ def test_ipv4_options(tmp: Path) -> None:
     c = conv()
     for p in c.pkts:
         p[IP].options = [b"\x94\x04\x00\x00"]  # router alert
-    check(tmp, wrap(c, lambda p: Ether(**MAC) / p))
+    check(tmp, c.l2(lambda p: Ether(**MAC) / p))
 
 
 def test_ipv6_extension_headers(tmp: Path) -> None:
@@ -95,7 +86,7 @@ def test_ipv6_extension_headers(tmp: Path) -> None:
         return Ether(**MAC) / IPv6(src=ip6.src, dst=ip6.dst) / IPv6ExtHdrHopByHop() / \
             IPv6ExtHdrDestOpt() / tcp
 
-    check(tmp, wrap(c, fn))
+    check(tmp, c.l2(fn))
 
 
 def test_ipv4_fragments_reassembled(tmp: Path) -> None:
@@ -163,7 +154,7 @@ def test_tunnels_are_decapsulated(tmp: Path, tunnel: str) -> None:
         "ipip": lambda p: Ether(**MAC) / IP(src="192.0.2.1", dst="192.0.2.2", proto=4) / p,
         "6in4": lambda p: Ether(**MAC) / IP(src="192.0.2.1", dst="192.0.2.2", proto=41) / p,
     }
-    check(tmp, wrap(c, fns[tunnel]))
+    check(tmp, c.l2(fns[tunnel]))
 
 
 def test_non_tcp_is_skipped_and_counted(tmp: Path) -> None:

@@ -266,3 +266,16 @@ def test_syn_retransmission_is_not_a_new_connection(tmp: Path, missing: int) -> 
     summary, rec = run(tmp, c)
     assert summary.to_dict()["flows"] == 1
     assert rec.conns[0].client.stream == REQ
+
+
+def test_sparse_but_active_flow_is_not_idle(tmp: Path) -> None:
+    """Data every 200 s on an established flow (the engine's fast path) for 1,000 s, with a
+    300 s idle timeout: never idle. (A sweep driven by packet counts once missed this.)"""
+    c = Conv(step=200.0).handshake()
+    for i in range(5):
+        c.c(b"ping%d" % i)
+    late = Conv(cli=("10.0.0.7", 41000), t0=c.t + 1).handshake()  # its SYN makes a sweep run
+    summary, rec = run(tmp, c.l2() + late.l2())
+    assert summary.stats.get("tcp", "evicted_idle") == 0
+    assert summary.to_dict()["flows"] == 2
+    assert rec.conns[0].client.stream == b"ping0ping1ping2ping3ping4"
