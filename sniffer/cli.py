@@ -23,6 +23,7 @@ PROGRESS_MIN_BYTES = 16 << 20
 _EPILOG_REPLAY = """\
 examples:
   wirespan replay pcaps/sample-http1.pcap
+  wirespan replay -o spans.jsonl --spans all pcaps/sample-http1.pcap
   wirespan replay --json eth0.pcap lo.pcapng.gz      merge two interfaces by time
   tcpdump -i any -w - 'tcp port 8080' | wirespan replay -
 
@@ -63,6 +64,18 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="stop after N packets (like tcpdump -c)")
     r.add_argument("--json", action="store_true",
                    help="print the summary as one JSON object instead of a table")
+    r.add_argument("-o", "--output", metavar="PATH",
+                   help="write spans to PATH ('-' for standard output) as OTLP/JSON lines")
+    r.add_argument("--format", choices=["otlp-json"], default="otlp-json",
+                   help="span output format (default: otlp-json)")
+    r.add_argument("--spans", choices=["traced", "all", "proxy"], default="traced",
+                   help="which spans: traced = exchanges carrying a trace context (default); "
+                        "all = every exchange (synthetic trace ids where none); proxy = "
+                        "proxy hops only")
+    r.add_argument("--service-name", default="wirespan", metavar="NAME",
+                   help="resource service.name of the spans (default: wirespan)")
+    r.add_argument("--keep-query", action="store_true",
+                   help="export request query strings as url.query (default: dropped)")
     g = r.add_mutually_exclusive_group()
     g.add_argument("--progress", dest="progress", action="store_true", default=None,
                    help="always show a progress bar on stderr")
@@ -106,6 +119,15 @@ def _print_table(s: Summary) -> None:
     t.add_row("decode errors", ", ".join(f"{k} {v:,}" for k, v in errs.items()) or "none")
     if d["skipped"]:
         t.add_row("not TCP (skipped)", ", ".join(f"{k} {v:,}" for k, v in d["skipped"].items()))
+    ex = d.get("exchanges") or {}
+    t.add_row("exchanges", ", ".join(f"{k} {v:,}" for k, v in ex.items()) or "none")
+    if d.get("protocols"):
+        t.add_row("connections by protocol", ", ".join(f"{k} {v:,}"
+                                                       for k, v in d["protocols"].items()))
+    if d.get("parse_errors"):
+        t.add_row("parse errors", ", ".join(f"{k} {v:,}" for k, v in d["parse_errors"].items()))
+    if "spans_written" in d:
+        t.add_row("spans written", f"{d['spans_written']:,}")
     t.add_row("speed", f"{s.packets_per_s:,.0f} packets/s ({s.elapsed_s:.2f} s)")
     console.print(t)
 
@@ -124,6 +146,29 @@ def _replay(args: argparse.Namespace) -> int:
     if show is None:
         total = sum(os.path.getsize(f) for f in args.files if f != "-" and os.path.isfile(f))
         show = sys.stderr.isatty() and total >= PROGRESS_MIN_BYTES
+    out: Any = None
+    on_exchange = None
+    writer = None
+    if args.output:
+        from exporter.otlp_json import OtlpJsonWriter, default_resource
+        from exporter.spans import SpanBuilder
+
+        if args.output == "-":
+            out = sys.stdout
+        else:
+            try:
+                out = open(args.output, "w", encoding="utf-8")  # noqa: SIM115
+            except OSError as e:
+                raise WirespanError(f"{args.output}: cannot write spans: {e.strerror}",
+                                    "choose a writable path, or '-' for stdout") from None
+        writer = OtlpJsonWriter(out, default_resource(args.service_name), version=__version__)
+        build = SpanBuilder(args.spans, args.keep_query)
+
+        def on_exchange(ex: Any) -> None:
+            span = build(ex)
+            if span is not None:
+                writer.add(span)
+    kw: dict[str, Any] = {"count": args.count, "on_exchange": on_exchange}
     if show:
         from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
                                    TimeRemainingColumn)
@@ -136,10 +181,20 @@ def _replay(args: argparse.Namespace) -> int:
             def progress(packets: int, done: int, total: int) -> None:
                 bar.update(task, completed=done, total=total or None, pk=f"{packets:,}")
 
-            summary = run_replay(args.files, count=args.count, progress=progress)
+            summary = run_replay(args.files, progress=progress, **kw)
     else:
-        summary = run_replay(args.files, count=args.count)
+        summary = run_replay(args.files, **kw)
+    if writer is not None:
+        writer.flush()
+        summary.extra["spans_written"] = writer.written
+        if out is not sys.stdout:
+            out.close()
     _warn_capture_problems(summary)
+    if args.output == "-":  # stdout carries the spans: the summary goes to stderr
+        if args.json:
+            json.dump(summary.to_dict(), sys.stderr)
+            sys.stderr.write("\n")
+        return 0
     if args.json:
         json.dump(summary.to_dict(), sys.stdout, indent=None, sort_keys=False)
         sys.stdout.write("\n")

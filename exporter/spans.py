@@ -1,0 +1,146 @@
+"""Exchange -> span, per the design's span contract (pure: no I/O).
+
+Exchange spans (``wirespan.span.role = "exchange"``, kind CLIENT) are built for exchanges
+that carry a trace context (``--spans traced``, the default), or for every exchange
+(``--spans all``: one without a trace header gets a trace id derived from the observation
+and ``wirespan.trace.synthetic = true``). Proxy spans come with the correlator (issue 5).
+
+Ids are deterministic: the span id is the first 8 bytes of SHA-256 over the observation
+(capture point, endpoints, request time, method, target), so replaying the same capture
+twice gives the same ids. Names follow the semantic conventions, which forbid the raw path:
+``"{METHOD} {template}"``, where identifier-like path segments become ``{id}``.
+Never exported: bodies, any header value except trace context, and query strings unless
+``keep_query``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from sniffer.exchange import Exchange
+from sniffer.tracecontext import TraceContext, extract
+
+KIND_SERVER, KIND_CLIENT = 2, 3
+STATUS_UNSET, STATUS_OK, STATUS_ERROR = 0, 1, 2
+
+_ID_SEGMENT = re.compile(
+    r"^(?:[0-9]+|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+    r"|[0-9a-fA-F]{16,}|[0-9A-Za-z_-]{20,})$")
+
+
+def url_template(path: str) -> str:
+    """``/users/42/orders/9f8e…`` -> ``/users/{id}/orders/{id}``."""
+    return "/".join("{id}" if s and _ID_SEGMENT.match(s) else s for s in path.split("/")) or "/"
+
+
+def split_authority(authority: str) -> tuple[str, str]:
+    """``host:port``, ``[v6]:port`` or ``host`` -> (host, port or "")."""
+    if authority.startswith("["):
+        host, _, rest = authority[1:].partition("]")
+        return host, rest[1:] if rest.startswith(":") else ""
+    if authority.count(":") == 1:
+        host, port = authority.split(":")
+        return host, port
+    return authority, ""
+
+
+def _ip(addr: bytes) -> str:
+    return str(ipaddress.ip_address(addr))
+
+
+@dataclass(slots=True)
+class SpanRecord:
+    trace_id: str
+    span_id: str
+    parent_span_id: str
+    name: str
+    kind: int
+    start_ns: int
+    end_ns: int
+    status_code: int
+    status_message: str = ""
+    attributes: dict[str, Any] = field(default_factory=dict)
+    trace_state: str = ""
+
+
+def _digest(*parts: object) -> bytes:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(repr(p).encode())
+        h.update(b"\0")
+    return h.digest()
+
+
+def exchange_span(ex: Exchange, ctx: TraceContext | None, keep_query: bool = False
+                  ) -> SpanRecord:
+    point = getattr(ex.point, "name", str(ex.point))
+    d = _digest(point, ex.client, ex.server, ex.request.first_ts, ex.method, ex.target)
+    attrs: dict[str, Any] = {"wirespan.span.role": "exchange"}
+    if ctx is not None:
+        trace_id, parent = ctx.trace_id, ctx.span_id
+        attrs["wirespan.trace.format"] = ctx.format
+    else:
+        trace_id, parent = d[8:24].hex(), ""
+        attrs["wirespan.trace.synthetic"] = True
+    path = ex.path
+    template = url_template(path)
+    host, port = split_authority(ex.authority)
+    attrs.update({
+        "http.request.method": ex.method or "_OTHER",
+        "url.path": path,
+        "url.scheme": "http",
+        "url.template": template,
+        "server.address": host or _ip(ex.server[0]),
+        "server.port": int(port) if port.isdigit() else ex.server[1],
+        "client.address": _ip(ex.client[0]),
+        "network.peer.address": _ip(ex.server[0]),
+        "network.peer.port": ex.server[1],
+        "network.protocol.version": ex.protocol.split("/", 1)[-1],
+        "wirespan.capture.interface": point,
+    })
+    if keep_query and "?" in ex.target:
+        attrs["url.query"] = ex.target.split("?", 1)[1]
+    if ex.dialled is not None:
+        attrs["wirespan.upstream.address"] = f"{_ip(ex.dialled[0])}:{ex.dialled[1]}"
+    if ctx is not None and ctx.request_id:
+        attrs["http.request.header.x-request-id"] = [ctx.request_id]
+    l5d = ex.request.header("l5d-client-id")
+    if l5d:
+        attrs["l5d.client_id"] = l5d
+    status, message = STATUS_UNSET, ""
+    end = ex.request.last_ts
+    if ex.response is not None:
+        attrs["http.response.status_code"] = ex.status
+        end = max(end, ex.response.last_ts)
+        if ex.status >= 500:
+            status = STATUS_ERROR
+    if ex.flags & {"reset", "gap", "no_response"}:
+        status = STATUS_ERROR
+        message = ",".join(sorted(ex.flags & {"reset", "gap", "no_response"}))
+    if ex.flags:
+        attrs["wirespan.exchange.flags"] = sorted(ex.flags)
+    return SpanRecord(trace_id=trace_id, span_id=d[:8].hex(), parent_span_id=parent,
+                      name=f"{ex.method or 'HTTP'} {template}", kind=KIND_CLIENT,
+                      start_ns=ex.request.first_ts, end_ns=end, status_code=status,
+                      status_message=message, attributes=attrs,
+                      trace_state=ctx.tracestate if ctx is not None else "")
+
+
+class SpanBuilder:
+    """Decides which exchanges become spans (``mode``: traced | all | proxy)."""
+
+    def __init__(self, mode: str = "traced", keep_query: bool = False) -> None:
+        self.mode = mode
+        self.keep_query = keep_query
+
+    def __call__(self, ex: Exchange) -> SpanRecord | None:
+        if self.mode == "proxy" or not ex.method:
+            return None  # proxy spans need the correlator; a response alone is no span
+        ctx = extract(ex.request.headers)
+        if ctx is None and self.mode != "all":
+            return None
+        return exchange_span(ex, ctx, self.keep_query)
