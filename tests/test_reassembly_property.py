@@ -53,7 +53,8 @@ def run(data: bytes, isn: int, pieces: list[tuple[int, bytes]], handshake: bool,
     table.feed(ts, "p", seg(A, 1000, B, 80, isn + 1 + len(data), 8, FIN | ACK))
     table.close_all(ts + 1)
     [r] = rec.conns
-    return r.client, table
+    # roles may be inferred from the payload on a mid-stream join: take A's direction
+    return (r.client if r.conn.client.src == A else r.server), table
 
 
 @settings(max_examples=300, deadline=None)
