@@ -204,3 +204,16 @@ def test_many_bad_messages_in_one_chunk_do_not_recurse() -> None:
     junk = b"GET /x HTTP/1.1\r\n\x00bad\r\n\r\n" * 5000
     exs, stats = run([(C, junk)])
     assert stats.get("http1", "internal_error") == 0
+
+
+def test_plain_http_through_a_connect_tunnel_is_parsed() -> None:
+    conn = b"CONNECT origin:80 HTTP/1.1\r\nHost: origin:80\r\n\r\n"
+    exs, stats = run([(C, conn), (S, b"HTTP/1.1 200 Connection established\r\n\r\n"),
+                      (C, GET), (S, OK5)])
+    assert [(e.method, e.status) for e in exs] == [("CONNECT", 200), ("GET", 200)]
+    assert stats.get("http1", "tunnel_http") == 1
+
+
+def test_lenient_status_line_versions() -> None:
+    exs, _ = run([(C, GET), (S, b"HTTP/1.2 200 ok\r\nContent-Length: 0\r\n\r\n")])
+    assert [(e.status, e.protocol) for e in exs] == [(200, "http/1.1")]

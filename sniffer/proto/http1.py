@@ -38,17 +38,19 @@ MAX_PENDING = 100  # pipelined requests awaiting responses (Zeek's max_pending_r
 
 _END_OF_HEAD = re.compile(rb"\r?\n\r?\n")
 _REQUEST_LINE = re.compile(rb"([A-Z][A-Z0-9_-]{0,23}) (\S{1,65536}) HTTP/(1\.[01])\r?\n")
-_STATUS_LINE = re.compile(rb"HTTP/(1\.[01]) ([0-9]{3})(?: [^\r\n]*)?\r?\n")
+# Any HTTP/d.d version on a status line: servers (and evasion tests) send 1.2 and 2.0 here,
+# and clients accept it; the exchange keeps the request's version.
+_STATUS_LINE = re.compile(rb"HTTP/([0-9]\.[0-9]) ([0-9]{3})(?:[ \t][^\r\n]*)?\r?\n")
 _REQUEST_START = re.compile(
     rb"(?:GET|POST|PUT|HEAD|DELETE|OPTIONS|PATCH|CONNECT|TRACE|PROPFIND|REPORT|MKCOL|"
     rb"PROPPATCH|COPY|MOVE|LOCK|UNLOCK|SEARCH|PURGE) [!-~]+ HTTP/1\.[01]\r?\n")
-_RESPONSE_START = re.compile(rb"HTTP/1\.[01] [0-9]{3}[ \r\n]")
+_RESPONSE_START = re.compile(rb"HTTP/[0-9]\.[0-9] [0-9]{3}[ \t\r\n]")
 METHODS = (b"GET ", b"POST ", b"PUT ", b"HEAD ", b"DELETE ", b"OPTIONS ", b"PATCH ",
            b"CONNECT ", b"TRACE ", b"PROPFIND ", b"REPORT ", b"MKCOL ", b"PROPPATCH ",
            b"COPY ", b"MOVE ", b"LOCK ", b"UNLOCK ", b"SEARCH ", b"PURGE ")
 
 # direction states
-HEAD, BODY, CHUNK_SIZE, CHUNK_DATA, CHUNK_CRLF, TRAILERS, CLOSE, OPAQUE, RESYNC = range(9)
+HEAD, BODY, CHUNK_SIZE, CHUNK_DATA, CHUNK_CRLF, TRAILERS, CLOSE, OPAQUE, RESYNC, TUNNEL = range(10)
 
 
 def looks_like_request(first: bytes) -> bool:
@@ -259,6 +261,18 @@ class _Side:
                     self.msg.trailers += parse_headers([line], self.conn.stats)  # type: ignore[union-attr]
                 else:
                     self._message_done(ts)
+            elif st == TUNNEL:
+                # after CONNECT 2xx: plaintext HTTP through the tunnel is parsed, else opaque
+                c = self.conn
+                if self.is_request and looks_like_request(chunk[pos : pos + 16]):
+                    c.stats.add("http1", "tunnel_http")
+                    c.client_side.state = c.server_side.state = HEAD
+                else:
+                    if self.is_request:
+                        c.go_opaque("connect")
+                    else:
+                        c.opaque_bytes += n - pos
+                        return
             elif st == CLOSE or st == OPAQUE:
                 if self.msg is not None:
                     self.msg.body_bytes += n - pos
@@ -331,7 +345,7 @@ class _Side:
             status = int(m.group(2))
             msg = Message(first_ts=self.first_ts, last_ts=ts)
             msg.headers = parse_headers([ln.rstrip(b"\r") for ln in lines[1:]], c.stats)
-            ex = c.match_response(status, msg, "http/" + m.group(1).decode("ascii"))
+            ex = c.match_response(status, msg, "http/1.0" if m.group(1) == b"1.0" else "http/1.1")
             self.ex, self.msg = ex, msg
             kind, length = body_framing(False, ex.method, status, msg.headers)
             if 100 <= status < 200 and status != 101:
@@ -346,9 +360,11 @@ class _Side:
         elif kind == "close":
             self.state = CLOSE
         elif kind == "tunnel":
-            why = "upgrade" if ex.status == 101 else "connect"
             self._message_done(ts)
-            c.go_opaque(why)
+            if ex.status == 101:
+                c.go_opaque("upgrade")
+            else:
+                c.client_side.state = c.server_side.state = TUNNEL
             return
         elif kind == "bad":
             c.stats.add("http1", "bad_framing")
