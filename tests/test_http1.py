@@ -217,3 +217,11 @@ def test_plain_http_through_a_connect_tunnel_is_parsed() -> None:
 def test_lenient_status_line_versions() -> None:
     exs, _ = run([(C, GET), (S, b"HTTP/1.2 200 ok\r\nContent-Length: 0\r\n\r\n")])
     assert [(e.status, e.protocol) for e in exs] == [(200, "http/1.1")]
+
+
+def test_obs_fold_and_bad_header_lines() -> None:
+    req = (b"GET / HTTP/1.1\r\nHost: h\r\nX-Long: part one\r\n  part two\r\nno colon here\r\n"
+           b"Content-Length: 0\r\n\r\n")
+    exs, stats = run([(C, req), (S, OK5)])
+    assert exs[0].request.header("x-long") == "part one part two"
+    assert stats.get("http1", "obs_fold") == 1 and stats.get("http1", "bad_header_line") == 1

@@ -61,25 +61,24 @@ def looks_like_response(first: bytes) -> bool:
     return first.startswith((b"HTTP/1.0 ", b"HTTP/1.1 "))
 
 
-def parse_headers(lines: list[bytes], stats: Stats) -> Headers:
-    """Header field lines -> [(lowercased name, value)], obs-fold joined (RFC 9112 §5.2)."""
+def parse_headers(lines: list[str], stats: Stats) -> Headers:
+    """Header field lines (already latin-1 text, CR stripped) -> [(lowercased name, value)],
+    obs-fold continuation lines joined to the previous value (RFC 9112 §5.2)."""
     out: Headers = []
     for raw in lines:
-        if raw[:1] in (b" ", b"\t"):
-            if out:
-                name, value = out[-1]
-                out[-1] = (name, value + " " + raw.strip().decode("latin-1"))
-            stats.add("http1", "obs_fold")
-            continue
-        colon = raw.find(b":")
-        if colon <= 0:
-            stats.add("http1", "bad_header_line")
+        name, colon, value = raw.partition(":")
+        if not colon or not name or name[0] in " \t":
+            if raw[:1] in (" ", "\t") and out:
+                n, v = out[-1]
+                out[-1] = (n, v + " " + raw.strip())
+                stats.add("http1", "obs_fold")
+            elif raw:
+                stats.add("http1", "bad_header_line")
             continue
         if len(out) >= MAX_HEADERS:
             stats.add("http1", "too_many_headers")
             break
-        name = raw[:colon].strip().decode("latin-1").lower()
-        out.append((name, raw[colon + 1 :].strip().decode("latin-1")))
+        out.append((name.strip().lower(), value.strip()))
     return out
 
 
@@ -258,7 +257,8 @@ class _Side:
                 if st == CHUNK_SIZE:
                     self._chunk_size(line, ts)
                 elif line:
-                    self.msg.trailers += parse_headers([line], self.conn.stats)  # type: ignore[union-attr]
+                    self.msg.trailers += parse_headers(  # type: ignore[union-attr]
+                        [line.decode("latin-1")], self.conn.stats)
                 else:
                     self._message_done(ts)
             elif st == TUNNEL:
@@ -321,8 +321,9 @@ class _Side:
 
     def _head(self, head: bytes, ts: int) -> None:
         c = self.conn
-        lines = head.split(b"\n")
-        first = lines[0].rstrip(b"\r")
+        text = head.decode("latin-1")
+        lines = text.replace("\r\n", "\n").split("\n")
+        first = lines[0].rstrip("\r").encode("latin-1")
         if self.is_request:
             m = _REQUEST_LINE.match(first + b"\n")
             if m is None:
@@ -331,7 +332,7 @@ class _Side:
                 return
             method = m.group(1).decode("ascii")
             msg = Message(first_ts=self.first_ts, last_ts=ts)
-            msg.headers = parse_headers([ln.rstrip(b"\r") for ln in lines[1:]], c.stats)
+            msg.headers = parse_headers(lines[1:], c.stats)
             ex = c.new_exchange("http/" + m.group(3).decode("ascii"), method,
                                 m.group(2).decode("latin-1"), msg)
             self.ex, self.msg = ex, msg
@@ -344,7 +345,7 @@ class _Side:
                 return
             status = int(m.group(2))
             msg = Message(first_ts=self.first_ts, last_ts=ts)
-            msg.headers = parse_headers([ln.rstrip(b"\r") for ln in lines[1:]], c.stats)
+            msg.headers = parse_headers(lines[1:], c.stats)
             ex = c.match_response(status, msg, "http/1.0" if m.group(1) == b"1.0" else "http/1.1")
             self.ex, self.msg = ex, msg
             kind, length = body_framing(False, ex.method, status, msg.headers)
