@@ -118,9 +118,10 @@ def exchange_span(ex: Exchange, ctx: TraceContext | None, keep_query: bool = Fal
         end = max(end, ex.response.last_ts)
         if ex.status >= 500:
             status = STATUS_ERROR
-    if ex.flags & {"reset", "gap", "no_response"}:
+    bad = ex.flags & {"reset", "gap", "no_response", "truncated", "malformed"}
+    if bad:
         status = STATUS_ERROR
-        message = ",".join(sorted(ex.flags & {"reset", "gap", "no_response"}))
+        message = ",".join(sorted(bad))
     if ex.flags:
         attrs["wirespan.exchange.flags"] = sorted(ex.flags)
     return SpanRecord(trace_id=trace_id, span_id=d[:8].hex(), parent_span_id=parent,

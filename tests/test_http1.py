@@ -225,3 +225,23 @@ def test_obs_fold_and_bad_header_lines() -> None:
     exs, stats = run([(C, req), (S, OK5)])
     assert exs[0].request.header("x-long") == "part one part two"
     assert stats.get("http1", "obs_fold") == 1 and stats.get("http1", "bad_header_line") == 1
+
+
+def test_detection_from_first_bytes() -> None:
+    from sniffer.proto import detect_client
+
+    assert detect_client(b"GET / HTTP/1.1\r\n") == "http1"
+    assert detect_client(b"CCM_POST / HTTP/1.1\r\n") == "http1"  # any method token
+    assert detect_client(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n") == "http2"
+    assert detect_client(b"PRI * HT") is None  # still could be the preface: wait
+    assert detect_client(b"GE") is None
+    assert detect_client(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03") == "tls"
+    assert detect_client(b"SSH-2.0-OpenSSH_9.2\r\n") == "other"
+
+
+def test_lenient_request_lines() -> None:
+    exs, stats = run([(C, b"CCM_POST /x HTTP/1.\r\nHost: h\r\n\r\n"), (S, OK5),
+                      (C, b"GET /with spaces HTTP/1.1\r\nHost: h\r\n\r\n"), (S, OK5)])
+    assert [(e.method, e.target, e.protocol) for e in exs] == [
+        ("CCM_POST", "/x", "http/1.0"), ("GET", "/with spaces", "http/1.1")]
+    assert stats.get("http1", "odd_request_version") == 1

@@ -30,12 +30,12 @@ DETECT_BYTES = 24  # enough for the longest method + SP, and the h2 preface's fi
 
 def detect_client(first: bytes) -> str | None:
     """What a client's first bytes say; None while they could still be a prefix of one."""
-    if looks_like_request(first):
-        return "http1"
-    if first.startswith(H2_PREFACE[: len(first)]) and len(first) < len(H2_PREFACE):
-        return None if len(first) < DETECT_BYTES else "http2"
     if first.startswith(b"PRI * HTTP/2.0"):
         return "http2"
+    if first.startswith(H2_PREFACE[: len(first)]):
+        return None  # "PRI * HT…" so far: wait for the rest of the preface's first line
+    if looks_like_request(first):
+        return "http1"
     if len(first) >= 6 and first[0] == 0x16 and first[1] == 3 and first[5] == 1:
         return "tls"
     if len(first) < DETECT_BYTES and any(m.startswith(first) for m in METHODS):

@@ -37,7 +37,11 @@ MAX_CHUNK_LINE = 1024
 MAX_PENDING = 100  # pipelined requests awaiting responses (Zeek's max_pending_requests)
 
 _END_OF_HEAD = re.compile(rb"\r?\n\r?\n")
-_REQUEST_LINE = re.compile(rb"([A-Z][A-Z0-9_-]{0,23}) (\S{1,65536}) HTTP/(1\.[01])\r?\n")
+# Lenient, as tshark and Zeek are: any method token, a target that may contain spaces, and
+# a version that may be odd ("HTTP/1.") or missing (HTTP/0.9 style, taken as 1.0).
+_REQUEST_LINE = re.compile(
+    rb"([!-~]{1,24}) +(.*?)(?: +HTTP/([0-9]\.?[0-9]?))? *\r?\n", re.DOTALL)
+GENERIC_REQUEST = re.compile(rb"[A-Z][A-Z0-9_-]{2,23} (?:/|\*|https?://)")
 # Any HTTP/d.d version on a status line: servers (and evasion tests) send 1.2 and 2.0 here,
 # and clients accept it; the exchange keeps the request's version.
 _STATUS_LINE = re.compile(rb"HTTP/([0-9]\.[0-9]) ([0-9]{3})(?:[ \t][^\r\n]*)?\r?\n")
@@ -54,7 +58,7 @@ HEAD, BODY, CHUNK_SIZE, CHUNK_DATA, CHUNK_CRLF, TRAILERS, CLOSE, OPAQUE, RESYNC,
 
 
 def looks_like_request(first: bytes) -> bool:
-    return first.startswith(METHODS)
+    return first.startswith(METHODS) or GENERIC_REQUEST.match(first) is not None
 
 
 def looks_like_response(first: bytes) -> bool:
@@ -299,7 +303,8 @@ class _Side:
                 n = len(chunk)
 
     def _to_resync(self, rest: bytes) -> None:
-        self._abandon(0)
+        """A parse error: the message in progress is handed over flagged ``malformed``."""
+        self._abandon(0, "malformed")
         self.buf.clear()
         self.state = RESYNC
         self.tail = rest
@@ -308,10 +313,10 @@ class _Side:
         if self.ex is not None:
             self.ex.flags.add(flag)
 
-    def _abandon(self, ts: int) -> None:
+    def _abandon(self, ts: int, why: str = "gap") -> None:
         """The message in progress cannot be completed: hand over what we have."""
         if self.ex is not None and self.msg is not None:
-            self.ex.flags.add("gap")
+            self.ex.flags.add(why)
             if self.is_request:
                 self.msg.last_ts = self.msg.last_ts or ts
             else:
@@ -330,11 +335,14 @@ class _Side:
                 c.stats.add("http1", "bad_request_line")
                 self._to_resync(b"")
                 return
-            method = m.group(1).decode("ascii")
+            method = m.group(1).decode("latin-1")
+            version = m.group(3) or b""
+            if version != b"1.1" and version != b"1.0":
+                c.stats.add("http1", "odd_request_version")
             msg = Message(first_ts=self.first_ts, last_ts=ts)
             msg.headers = parse_headers(lines[1:], c.stats)
-            ex = c.new_exchange("http/" + m.group(3).decode("ascii"), method,
-                                m.group(2).decode("latin-1"), msg)
+            ex = c.new_exchange("http/1.1" if version == b"1.1" else "http/1.0", method,
+                                m.group(2).decode("latin-1") or "/", msg)
             self.ex, self.msg = ex, msg
             kind, length = body_framing(True, method, 0, msg.headers)
         else:
@@ -483,8 +491,7 @@ class Http1Connection:
             if side.state == CLOSE and reason == "fin":
                 side._message_done(ts)  # a close-delimited body ends at the FIN
             else:
-                if flag:
-                    side.ex.flags.add(flag)
+                side.ex.flags.add(flag or "truncated")  # ended before its framing did
                 side.msg.last_ts = side.msg.last_ts or ts
                 if not side.is_request:
                     side.msg, ex = None, side.ex
