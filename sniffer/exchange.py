@@ -3,13 +3,12 @@
 An ``Exchange`` is the unit everything after the parsers works on (trace context,
 correlation, spans). Times are integer nanoseconds of the packets that carried the first and
 last byte of each message. It is a plain mutable object while the parser fills it and is
-handed to the sink once complete (or once the connection ends without completing it).
+handed on once complete (or once the connection ends without completing it).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
 
 Headers = list[tuple[str, str]]  # lowercased name, value; in message order, bounded
 
@@ -55,7 +54,3 @@ class Exchange:
             t = t[slash:] if slash >= 0 else "/"
         q = t.find("?")
         return t if q < 0 else t[:q]
-
-
-class ExchangeSink(Protocol):
-    def exchange(self, ex: Exchange) -> None: ...

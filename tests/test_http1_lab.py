@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from lab import Capture, Lab, Proc, missing_requirements, sh, wait_for
-from sniffer.exchange import Exchange
+from sniffer.exchange import Exchange, Message
 from sniffer.pipeline import Summary, run_replay
 
 CLI_IP, SRV_IP = "10.99.1.1", "10.99.1.2"
@@ -139,6 +139,11 @@ def curl(lab: Lab, ns: str, *args: str) -> list[list[str]]:
     return [ln.split() for ln in r.stdout.splitlines() if ln.strip()]
 
 
+def rsp(e: Exchange) -> Message:
+    assert e.response is not None, e
+    return e.response
+
+
 def finish(cap: Capture, conns: int) -> tuple[Summary, list[Exchange]]:
     """Wait for every connection's two FINs, stop tcpdump, replay; exchanges in request order."""
     cap.wait_fins(2 * conns)
@@ -207,7 +212,7 @@ def tshark_status_line_times(cap: Capture) -> list[tuple[int, int]]:
 def assert_matches_tshark(cap: Capture, exs: list[Exchange]) -> None:
     """wirespan's requests and responses are tshark's, in the same order."""
     assert [(e.method, e.target) for e in exs] == tshark_requests(cap)
-    by_resp = sorted(exs, key=lambda e: e.response.first_ts)  # type: ignore[union-attr]
+    by_resp = sorted(exs, key=lambda e: rsp(e).first_ts)
     want = []
     for e in by_resp:
         want += [int(f[len("interim_"):]) for f in sorted(e.flags) if f.startswith("interim_")]
@@ -223,26 +228,28 @@ def assert_timestamps(cap: Capture, exs: list[Exchange]) -> None:
         assert r is not None
         assert (0 < e.request.first_ts <= e.request.last_ts <= r.first_ts <= r.last_ts), (
             e.method, e.target, e.request.first_ts, e.request.last_ts, r.first_ts, r.last_ts)
-    by_resp = sorted(exs, key=lambda e: e.response.first_ts)  # type: ignore[union-attr]
-    ours = [(e.response.first_ts, e.status) for e in by_resp]  # type: ignore[union-attr]
+    by_resp = sorted(exs, key=lambda e: rsp(e).first_ts)
+    ours = [(rsp(e).first_ts, e.status) for e in by_resp]
     theirs = tshark_status_line_times(cap)
     assert [s for _, s in ours] == [s for _, s in theirs], (ours, theirs)
     for (t_ours, status), (t_theirs, _) in zip(ours, theirs):
         assert abs(t_ours - t_theirs) <= 1000, (status, t_ours, t_theirs)
 
 
-def assert_response_last_ts(cap: Capture, exs: list[Exchange], port: int) -> None:
+def assert_response_last_ts(cap: Capture, exs: list[Exchange], port: int,
+                            check: list[Exchange] | None = None) -> None:
     """Each response's last_ts is the last packet with server payload on its connection
     before the next response there starts (for a body framed by length or chunking, the
-    packet with the body's last byte). tshark gives the server's data packets."""
+    packet with the body's last byte). tshark gives the server's data packets. ``check``:
+    the exchanges to check (default all)."""
     data = [(int(cport), ns_of(t)) for cport, t in tshark(
         cap, "-Y", f"tcp.srcport == {port} && tcp.len > 0", "-T", "fields",
         "-e", "tcp.dstport", "-e", "frame.time_epoch")]
-    for e in exs:
+    for e in exs if check is None else check:
         r = e.response
         assert r is not None
-        later = [x.response.first_ts for x in exs  # type: ignore[union-attr]
-                 if x.client == e.client and x.response.first_ts > r.first_ts]  # type: ignore[union-attr]
+        later = [rsp(x).first_ts for x in exs
+                 if x.client == e.client and rsp(x).first_ts > r.first_ts]
         until = min(later, default=1 << 80)
         last = max(t for p, t in data if p == e.client[1] and t < until)
         assert abs(r.last_ts - last) <= 1000, (e.method, e.target, r.last_ts, last)
@@ -293,15 +300,15 @@ def test_python_http_server_http10_responses(lab: Lab) -> None:
     assert all(e.authority == SRV_IP for e in exs)
     assert len({e.conn_id for e in exs}) == len(fetches)
     # Bodies: the files' sizes; the error and redirect pages as curl counted them; HEAD none.
-    body = [e.response.body_bytes for e in exs]  # type: ignore[union-attr]
+    body = [rsp(e).body_bytes for e in exs]
     assert body == [int(ln[2]) for ln in seen[:7]] + [0]
     assert body[:4] == [len(HTTP_SERVER_FILES[f]) for f in
                         ("index.txt", "big.bin", "sub/q.bin", "empty.txt")]
     assert body[6] == len(HTTP_SERVER_FILES["index.txt"])
     for e in exs:
-        assert e.response.header("server").startswith("SimpleHTTP")  # type: ignore[union-attr]
-    assert exs[5].response.header("location") == "/sub/"  # type: ignore[union-attr]
-    assert exs[7].response.header("content-length") == "150000"  # type: ignore[union-attr]
+        assert rsp(e).header("server").startswith("SimpleHTTP")
+    assert rsp(exs[5]).header("location") == "/sub/"
+    assert rsp(exs[7]).header("content-length") == "150000"
     assert [v for (v,) in tshark(cap, "-Y", "http.response", "-T", "fields",
                                  "-e", "http.response.version")] == ["HTTP/1.0"] * len(exs)
     assert_matches_tshark(cap, exs)
@@ -359,17 +366,17 @@ def test_nginx_pipelined_requests(lab: Lab) -> None:
     assert_clean(summary, exs, 1)
     assert [(e.method, e.target, e.status) for e in exs] == [
         ("GET", p, s) for p, (s, _) in zip(paths, got)]
-    assert [e.response.body_bytes for e in exs] == [n for _, n in got]  # type: ignore[union-attr]
+    assert [rsp(e).body_bytes for e in exs] == [n for _, n in got]
     assert len({e.conn_id for e in exs}) == 1
     assert all(e.authority == f"{SRV_IP}:8080" and e.protocol == "http/1.1" for e in exs)
     # Really pipelined: all three requests arrived in one packet, before any response.
     assert tshark(cap, "-Y", "http.request", "-T", "fields", "-e", "http.request.method",
                   "-e", "http.request.uri") == [["GET,GET,GET", ",".join(paths)]]
     assert len({e.request.first_ts for e in exs}) == 1
-    assert exs[2].request.last_ts < exs[0].response.first_ts  # type: ignore[union-attr]
+    assert exs[2].request.last_ts < rsp(exs[0]).first_ts
     # Responses in order, each starting no earlier than the previous one ended.
     for a, b in zip(exs, exs[1:]):
-        assert a.response.last_ts <= b.response.first_ts  # type: ignore[union-attr]
+        assert rsp(a).last_ts <= rsp(b).first_ts
     assert_matches_tshark(cap, exs)
     assert_timestamps(cap, exs)
     assert_response_last_ts(cap, exs, 8080)
@@ -462,7 +469,7 @@ def test_chunked_responses_with_trailers(lab: Lab) -> None:
     assert_timestamps(cap, exs)
     # The chunked bodies end at the packet with the last chunk and trailers (the close-
     # delimited one is test_close_delimited_body_last_ts_is_last_data_packet).
-    assert_response_last_ts(cap, exs[:2], 80)
+    assert_response_last_ts(cap, exs, 80, check=exs[:2])
 
 
 CLOSE_BODY = b"".join(b"close-delimited line %04d\n" % i for i in range(200))
@@ -569,15 +576,15 @@ def test_bodiless_responses_and_100_continue_keep_alive(lab: Lab) -> None:
         ("POST", "/upload", 201), ("GET", "/page.html", 200)]
     assert len({e.conn_id for e in exs}) == 1
     head, cond, empty, post, get = exs
-    assert [e.response.body_bytes for e in exs] == [  # type: ignore[union-attr]
+    assert [rsp(e).body_bytes for e in exs] == [
         0, 0, 0, len(stored), len(PAGE)]
-    assert head.response.header("content-length") == str(len(PAGE))  # type: ignore[union-attr]
+    assert rsp(head).header("content-length") == str(len(PAGE))
     assert cond.request.header("if-modified-since") is not None
     assert post.request.header("expect") == "100-continue"
     assert post.request.body_bytes == len(UPLOAD)
     assert [sorted(e.flags) for e in exs] == [[], [], [], ["interim_100"], []]
     # nginx sent the 100 before the body, the body went out before the final response.
-    assert post.request.first_ts < post.request.last_ts <= post.response.first_ts  # type: ignore[union-attr]
+    assert post.request.first_ts < post.request.last_ts <= rsp(post).first_ts
     assert 100 in tshark_statuses(cap)
     assert_matches_tshark(cap, exs)
     assert_timestamps(cap, exs)
@@ -704,8 +711,8 @@ def test_websocket_upgrade_goes_opaque(lab: Lab) -> None:
     [e] = exs
     assert (e.method, e.target, e.path, e.status) == ("GET", "/chat?room=1", "/chat", 101)
     assert e.request.header("upgrade") == "websocket"
-    assert e.response.header("upgrade") == "websocket"  # type: ignore[union-attr]
-    assert e.response.body_bytes == 0 and e.flags == set()  # type: ignore[union-attr]
+    assert rsp(e).header("upgrade") == "websocket"
+    assert rsp(e).body_bytes == 0 and e.flags == set()
     assert summary.stats.get("http1", "opaque_upgrade") == 1
     assert summary.to_dict()["exchanges"] == {"http/1.1": 1}
     # tshark agrees, and did see the frames after the handshake as WebSocket.
@@ -745,7 +752,7 @@ def test_timestamps_on_real_packets(lab: Lab) -> None:
     assert [(e.target, e.status) for e in exs] == [
         ("/small.txt", 200), ("/big.bin", 200), ("/missing", 404), ("/small.txt", 200),
         ("/big.bin", 200)]
-    assert [e.response.body_bytes for e in exs] == [int(x[1]) for x in a + b]  # type: ignore[union-attr]
+    assert [rsp(e).body_bytes for e in exs] == [int(x[1]) for x in a + b]
     assert_timestamps(cap, exs)
 
     # Requests: first_ts is the packet with the request line (tshark, desegmentation off).

@@ -28,7 +28,6 @@ IDB = 1
 PB = 2  # obsolete Packet Block
 SPB = 3
 EPB = 6
-BOM = 0x1A2B3C4D
 
 OPT_END = 0
 IF_NAME = 2

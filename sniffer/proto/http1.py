@@ -120,7 +120,7 @@ class _Side:
     """One direction's parser state; ``is_request`` for client -> server."""
 
     __slots__ = ("conn", "is_request", "state", "buf", "remaining", "msg", "ex", "tail",
-                 "started", "skipped", "first_ts")
+                 "skipped", "first_ts")
 
     def __init__(self, conn: Http1Connection, is_request: bool) -> None:
         self.conn = conn
@@ -131,7 +131,6 @@ class _Side:
         self.msg: Message | None = None
         self.ex: Exchange | None = None
         self.tail = b""
-        self.started = False
         self.skipped = 0
         self.first_ts = 0
 
@@ -320,7 +319,7 @@ class _Side:
             if self.is_request:
                 self.msg.last_ts = self.msg.last_ts or ts
             else:
-                self.conn.response_done(self.ex, complete=False)
+                self.conn.response_done(self.ex)
         self.msg = None
         self.ex = None
 
@@ -407,7 +406,7 @@ class _Side:
         msg.last_ts = ts
         msg.complete = True
         if not self.is_request:
-            self.conn.response_done(ex, complete=True)
+            self.conn.response_done(ex)
 
 
 class Http1Connection:
@@ -471,7 +470,7 @@ class Http1Connection:
         ex.response = msg
         return ex
 
-    def response_done(self, ex: Exchange, complete: bool) -> None:
+    def response_done(self, ex: Exchange) -> None:
         """The response is finished, or can't be (the caller has flagged why)."""
         self.emit(ex)
 
@@ -496,7 +495,7 @@ class Http1Connection:
                 if not side.is_request:
                     side.msg, ex = None, side.ex
                     side.ex = None
-                    self.response_done(ex, complete=False)
+                    self.response_done(ex)
         if len(self._ended) == 2:
             while self.pending:
                 ex = self.pending.popleft()
