@@ -245,3 +245,14 @@ def test_lenient_request_lines() -> None:
     assert [(e.method, e.target, e.protocol) for e in exs] == [
         ("CCM_POST", "/x", "http/1.0"), ("GET", "/with spaces", "http/1.1")]
     assert stats.get("http1", "odd_request_version") == 1
+
+
+def test_close_delimited_last_ts_is_the_last_data_not_the_fin() -> None:
+    out: list[Exchange] = []
+    h = Http1Connection(None, out.append, Stats(), "pt", (b"\x01" * 4, 1), (b"\x02" * 4, 80), 1)
+    h.client_side.data(GET, 1000)
+    h.server_side.data(b"HTTP/1.0 200 OK\r\n\r\nab", 2000)
+    h.server_side.data(b"cd", 3000)
+    h.server_side.end("fin", 9000)
+    h.client_side.end("fin", 9000)
+    assert out[0].response.last_ts == 3000 and out[0].response.complete

@@ -163,7 +163,9 @@ def assert_clean(summary: Summary, exs: list[Exchange], conns: int) -> None:
     assert d["parse_errors"] == {}, d
     assert d["decode_errors"] == {}, d
     for e in exs:
-        assert not e.flags & {"gap", "no_response", "no_request", "reset", "capture_end"}, e
+        # No gap, no_response, no_request, malformed, truncated, reset, capture_end: on these
+        # clean captures the only flag there may be is an interim response's.
+        assert e.flags <= {"interim_100"}, e
         assert e.response is not None and e.response.complete, e
         assert e.request.complete, e
 
@@ -240,7 +242,8 @@ def assert_response_last_ts(cap: Capture, exs: list[Exchange], port: int,
                             check: list[Exchange] | None = None) -> None:
     """Each response's last_ts is the last packet with server payload on its connection
     before the next response there starts (for a body framed by length or chunking, the
-    packet with the body's last byte). tshark gives the server's data packets. ``check``:
+    packet with the body's last byte, or the packet where the next one starts if they share
+    it). tshark gives the server's data packets. ``check``:
     the exchanges to check (default all)."""
     data = [(int(cport), ns_of(t)) for cport, t in tshark(
         cap, "-Y", f"tcp.srcport == {port} && tcp.len > 0", "-T", "fields",
@@ -252,7 +255,9 @@ def assert_response_last_ts(cap: Capture, exs: list[Exchange], port: int,
                  if x.client == e.client and rsp(x).first_ts > r.first_ts]
         until = min(later, default=1 << 80)
         last = max(t for p, t in data if p == e.client[1] and t < until)
-        assert abs(r.last_ts - last) <= 1000, (e.method, e.target, r.last_ts, last)
+        # Pipelined responses may share a packet: this one's end, the next one's status line.
+        coalesced = r.last_ts == until
+        assert abs(r.last_ts - last) <= 1000 or coalesced, (e.method, e.target, r.last_ts, last)
 
 
 # -- 1. python3 -m http.server: HTTP/1.0 responses -----------------------------------------------
@@ -306,7 +311,7 @@ def test_python_http_server_http10_responses(lab: Lab) -> None:
                         ("index.txt", "big.bin", "sub/q.bin", "empty.txt")]
     assert body[6] == len(HTTP_SERVER_FILES["index.txt"])
     for e in exs:
-        assert rsp(e).header("server").startswith("SimpleHTTP")
+        assert (rsp(e).header("server") or "").startswith("SimpleHTTP")
     assert rsp(exs[5]).header("location") == "/sub/"
     assert rsp(exs[7]).header("content-length") == "150000"
     assert [v for (v,) in tshark(cap, "-Y", "http.response", "-T", "fields",
@@ -495,15 +500,10 @@ time.sleep(1)
 
 
 @pytest.mark.lab
-@pytest.mark.xfail(strict=True, reason=(
-    "http1: a close-delimited response's last_ts is the FIN's time, not the last data "
-    "packet's: side_ended() calls _message_done(ts) with the FIN timestamp, which overwrites "
-    "the last_ts the CLOSE state kept (seen: last_ts == FIN time, 20 ms after the last data "
-    "packet)"))
 def test_close_delimited_body_last_ts_is_last_data_packet(lab: Lab) -> None:
     """docs/http1.md and sniffer/exchange.py: ``last_ts`` is the time of the packet that
     carried the message's last byte. For a close-delimited body that is the server's last data
-    packet, not the FIN the server sends afterwards (here 10 ms later at least)."""
+    packet, not the FIN the server sends afterwards (here 20 ms later)."""
     cli, srv, if_c = topology(lab)
     proc = python_server(lab, srv, "close-server", CLOSE_SERVER, 80)
     cap = lab.tcpdump(cli, if_c, "close")

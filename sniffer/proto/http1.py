@@ -488,7 +488,8 @@ class Http1Connection:
         flag = {"fin": "", "rst": "reset", "capture_end": "capture_end"}.get(reason, reason)
         if side.msg is not None and side.ex is not None:
             if side.state == CLOSE and reason == "fin":
-                side._message_done(ts)  # a close-delimited body ends at the FIN
+                # a close-delimited body ends at the FIN; its last byte came before it
+                side._message_done(side.msg.last_ts or ts)
             else:
                 side.ex.flags.add(flag or "truncated")  # ended before its framing did
                 side.msg.last_ts = side.msg.last_ts or ts
