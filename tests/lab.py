@@ -237,8 +237,12 @@ class Lab:
         assert proc.alive(), f"tcpdump exited:\n{proc.output()}"
         return Capture(proc, path)
 
-    def nginx(self, ns: str, files: dict[str, bytes], port: int = 8080) -> Proc:
-        """nginx with a private config serving ``files`` (path -> bytes) on ``port``, v4 + v6."""
+    def nginx(self, ns: str, files: dict[str, bytes], port: int = 8080,
+              listen: list[str] | None = None, locations: str = "",
+              extra_servers: str = "") -> Proc:
+        """nginx with a private config serving ``files`` (path -> bytes) on ``port`` (v4 + v6,
+        or the given ``listen`` addresses), plus ``locations`` and ``extra_servers``."""
+        listen = listen or [str(port), f"[::]:{port}"]
         www = self.tmp / "www"
         for rel, data in files.items():
             p = www / rel.lstrip("/")
@@ -268,14 +272,16 @@ http {{
     uwsgi_temp_path {t}/ngtmp/uwsgi;
     scgi_temp_path {t}/ngtmp/scgi;
     sendfile off;
+    gzip off;
     server_tokens off;
     keepalive_timeout 30s;
     keepalive_requests 100;
     server {{
-        listen {port};
-        listen [::]:{port};
+        {" ".join(f"listen {a};" for a in listen)}
         root {www};
+        {locations}
     }}
+    {extra_servers}
 }}
 """)
         proc = self.spawn(ns, "nginx", "nginx", "-p", str(t), "-c", str(conf), "-e",
@@ -284,7 +290,7 @@ http {{
         def listening() -> bool:
             assert proc.alive(), f"nginx exited:\n{proc.output()}"
             out = self.run(ns, "ss", "-Hltn", f"sport = :{port}", check=False).stdout
-            return len(out.strip().splitlines()) >= 2
+            return len(out.strip().splitlines()) >= len(listen)
 
         wait_for(listening, f"nginx listening on :{port} in {ns}")
         return proc

@@ -91,44 +91,9 @@ def www(lab: Lab, files: dict[str, bytes]) -> Path:
 
 def nginx(lab: Lab, ns: str, files: dict[str, bytes], port: int, locations: str = "",
           extra_servers: str = "") -> Proc:
-    """nginx (private config) on ``port``, v4 only, serving ``files`` plus ``locations``."""
-    root = www(lab, files)
-    t = lab.tmp
-    for d in (t / "logs", t / "ngtmp"):
-        d.mkdir(exist_ok=True)
-    conf = t / "nginx.conf"
-    conf.write_text(f"""
-daemon off;
-master_process on;
-worker_processes 1;
-pid {t}/nginx.pid;
-error_log {t}/logs/error.log warn;
-events {{ worker_connections 64; }}
-http {{
-    default_type application/octet-stream;
-    access_log {t}/logs/access.log;
-    client_body_temp_path {t}/ngtmp/body;
-    proxy_temp_path {t}/ngtmp/proxy;
-    fastcgi_temp_path {t}/ngtmp/fastcgi;
-    uwsgi_temp_path {t}/ngtmp/uwsgi;
-    scgi_temp_path {t}/ngtmp/scgi;
-    sendfile off;
-    gzip off;
-    server_tokens off;
-    keepalive_timeout 30s;
-    keepalive_requests 100;
-    server {{
-        listen {SRV_IP}:{port};
-        root {root};
-        {locations}
-    }}
-    {extra_servers}
-}}
-""")
-    proc = lab.spawn(ns, "nginx", "nginx", "-p", str(t), "-c", str(conf), "-e",
-                     f"{t}/logs/error.log")
-    wait_listening(lab, ns, port, proc)
-    return proc
+    """The lab's nginx on ``SRV_IP:port`` only, serving ``files`` plus ``locations``."""
+    return lab.nginx(ns, files, port, listen=[f"{SRV_IP}:{port}"], locations=locations,
+                     extra_servers=extra_servers)
 
 
 def curl(lab: Lab, ns: str, *args: str) -> list[list[str]]:
