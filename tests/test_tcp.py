@@ -41,9 +41,13 @@ def test_out_of_order_is_buffered_and_delivered_in_order(tmp: Path) -> None:
     summary, rec = run(tmp, c)
     [r] = rec.conns
     assert r.client.stream == b"AAAABBBBCCCC"
-    # the late first segment's chunk comes first, with its own timestamp
-    times = [e[2] for e in r.client.events if e[0] == "data"]
-    assert times == sorted(times, reverse=True)[::-1] or len(times) == 3
+    # each chunk keeps the timestamp of the packet that carried it: the late first segment
+    # is delivered first with its own (latest) time, the buffered ones with theirs
+    t = {bytes(p["TCP"].payload): int(round(float(p.time) * 1e6)) * 1000
+         for p in c.pkts[3:6]}
+    data = [(e[1], e[2]) for e in r.client.events if e[0] == "data"]
+    assert data == [(b"AAAA", t[b"AAAA"]), (b"BBBB", t[b"BBBB"]), (b"CCCC", t[b"CCCC"])]
+    assert t[b"AAAA"] > t[b"CCCC"] > t[b"BBBB"]
     assert summary.stats.get("tcp", "ooo_segments") == 2
     assert summary.to_dict()["gaps"] == 0
 
