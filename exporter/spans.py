@@ -25,6 +25,12 @@ from sniffer.exchange import Exchange
 from sniffer.tracecontext import TraceContext, extract
 
 KIND_SERVER, KIND_CLIENT = 2, 3
+# gRPC status codes (grpc/doc/statuscodes.md), as rpc.status_code writes them
+GRPC_CODES = dict(enumerate((
+    "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+    "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+    "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
+    "UNAUTHENTICATED")))
 STATUS_UNSET, STATUS_OK, STATUS_ERROR = 0, 1, 2
 
 _ID_SEGMENT = re.compile(
@@ -78,7 +84,10 @@ def _digest(*parts: object) -> bytes:
 def exchange_span(ex: Exchange, ctx: TraceContext | None, keep_query: bool = False
                   ) -> SpanRecord:
     point = getattr(ex.point, "name", str(ex.point))
-    d = _digest(point, ex.client, ex.server, ex.request.first_ts, ex.method, ex.target)
+    ident: tuple = (point, ex.client, ex.server, ex.request.first_ts, ex.method, ex.target)
+    if ex.stream_id:  # several HTTP/2 requests often share one packet, hence one timestamp
+        ident += (ex.stream_id,)
+    d = _digest(*ident)
     attrs: dict[str, Any] = {"wirespan.span.role": "exchange"}
     if ctx is not None:
         trace_id, parent = ctx.trace_id, ctx.span_id
@@ -102,6 +111,26 @@ def exchange_span(ex: Exchange, ctx: TraceContext | None, keep_query: bool = Fal
         "network.protocol.version": ex.protocol.split("/", 1)[-1],
         "wirespan.capture.interface": point,
     })
+    if ex.scheme:
+        attrs["url.scheme"] = ex.scheme
+    name = f"{ex.method or 'HTTP'} {template}"
+    status, message = STATUS_UNSET, ""
+    if ex.is_grpc and ex.stream_id:
+        # gRPC: the RPC conventions; the path is /package.Service/Method
+        rpc = path[1:] if path.startswith("/") else path
+        attrs["rpc.system.name"] = "grpc"
+        attrs["rpc.method"] = rpc
+        name = rpc or name
+        if ex.grpc_status is not None:
+            attrs["rpc.status_code"] = GRPC_CODES.get(ex.grpc_status, str(ex.grpc_status))
+            if ex.grpc_status != 0:
+                status = STATUS_ERROR
+                message = ex.grpc_message
+        timeout = ex.request.header("grpc-timeout")
+        if timeout:
+            attrs["rpc.grpc.request.metadata.grpc-timeout"] = [timeout]
+    if "partial_headers" in ex.flags:
+        attrs["wirespan.http2.partial_headers"] = True
     if keep_query and "?" in ex.target:
         attrs["url.query"] = ex.target.split("?", 1)[1]
     if ex.dialled is not None:
@@ -111,7 +140,6 @@ def exchange_span(ex: Exchange, ctx: TraceContext | None, keep_query: bool = Fal
     l5d = ex.request.header("l5d-client-id")
     if l5d:
         attrs["l5d.client_id"] = l5d
-    status, message = STATUS_UNSET, ""
     end = ex.request.last_ts
     if ex.response is not None:
         attrs["http.response.status_code"] = ex.status
@@ -121,11 +149,11 @@ def exchange_span(ex: Exchange, ctx: TraceContext | None, keep_query: bool = Fal
     bad = ex.flags & {"reset", "gap", "no_response", "truncated", "malformed"}
     if bad:
         status = STATUS_ERROR
-        message = ",".join(sorted(bad))
+        message = ",".join(sorted(bad)) + (f": {message}" if message else "")
     if ex.flags:
         attrs["wirespan.exchange.flags"] = sorted(ex.flags)
     return SpanRecord(trace_id=trace_id, span_id=d[:8].hex(), parent_span_id=parent,
-                      name=f"{ex.method or 'HTTP'} {template}", kind=KIND_CLIENT,
+                      name=name, kind=KIND_CLIENT,
                       start_ns=ex.request.first_ts, end_ns=end, status_code=status,
                       status_message=message, attributes=attrs,
                       trace_state=ctx.tracestate if ctx is not None else "")

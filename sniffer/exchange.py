@@ -40,11 +40,22 @@ class Exchange:
     method: str = ""
     target: str = ""  # request-target as sent (origin-form path + query, or absolute-form)
     authority: str = ""
+    scheme: str = ""  # HTTP/2 :scheme (HTTP/1: empty, the connection says http)
     status: int = 0
     request: Message = field(default_factory=Message)
     response: Message | None = None
     flags: set[str] = field(default_factory=set)  # gap, reset, capture_end, no_response, …
     dialled: tuple[bytes, int] | None = None
+    # HTTP/2: the stream; pseudo-headers are the fields above, never in ``headers``
+    stream_id: int = 0
+    # gRPC (content-type application/grpc*): grpc-status from trailers or Trailers-Only
+    grpc_status: int | None = None
+    grpc_message: str = ""
+
+    @property
+    def is_grpc(self) -> bool:
+        ct = self.request.header("content-type") or ""
+        return ct.startswith("application/grpc")
 
     @property
     def path(self) -> str:

@@ -24,6 +24,12 @@ from .tcp.flows import ConsumerFactory
 
 ProgressFn = Callable[[int, int], None]  # (packets so far, raw bytes read so far)
 
+# http2 counters that describe traffic, not problems (the rest are parse errors)
+HTTP2_NOT_ERRORS = frozenset((
+    "connections", "streams", "mid_stream_joins", "h2c_upgrades", "goaway", "rst_stream",
+    "push_promise", "resync", "resync_skipped_bytes", "roles_swapped", "orphan_continuation",
+))
+
 
 class Engine:
     """Decode + reassembly for one stream of records. Sans-IO: records in, consumer calls out."""
@@ -200,10 +206,13 @@ class ExchangeCounter:
     def __init__(self, then: Callable[[Exchange], None] | None = None) -> None:
         self.by_protocol: dict[str, int] = {}
         self.flags: dict[str, int] = {}
+        self.grpc_calls = 0
         self.then = then
 
     def __call__(self, ex: Exchange) -> None:
         self.by_protocol[ex.protocol] = self.by_protocol.get(ex.protocol, 0) + 1
+        if ex.stream_id and ex.is_grpc:
+            self.grpc_calls += 1
         for f in ex.flags:
             self.flags[f] = self.flags.get(f, 0) + 1
         if self.then is not None:
@@ -253,9 +262,15 @@ def run_replay(paths: list[str], *, count: int = 0, factory: ConsumerFactory | N
     extra: dict[str, Any] = {
         "exchanges": dict(sorted(counter.by_protocol.items())),
         "exchange_flags": dict(sorted(counter.flags.items())),
+        "grpc_calls": counter.grpc_calls,
         "protocols": stats.by_stage("protocols"),
-        "parse_errors": {f"http1:{k}": v for k, v in stats.by_stage("http1").items()
-                         if not k.startswith("opaque_")},
+        "parse_errors": {
+            **{f"http1:{k}": v for k, v in stats.by_stage("http1").items()
+               if not k.startswith("opaque_")},
+            **{f"http2:{k}": v for k, v in stats.by_stage("http2").items()
+               if k not in HTTP2_NOT_ERRORS},
+        },
+        "http2": stats.by_stage("http2"),
     }
     return Summary(files=paths, packets=engine.packets, bytes=engine.bytes,
                    tcp_packets=engine.tcp_packets, first_ts=engine.first_ts,

@@ -8,7 +8,9 @@ from then on):
 
 * a request line from the client (or a status line from the server on a mid-stream join):
   HTTP/1.x, parsed by ``http1.Http1Connection``;
-* the HTTP/2 connection preface: ``http2`` (counted; parsed by a later stage);
+* the HTTP/2 connection preface: ``http2``, parsed by ``http2.Http2Connection`` (also after
+  an HTTP/1.1 ``Upgrade: h2c``, and on a mid-stream join where a chain of plausible HTTP/2
+  frame headers is found);
 * a TLS handshake record: ``tls``;
 * anything else: ``other``, whose bytes are counted and dropped.
 """
@@ -21,6 +23,7 @@ from ..exchange import Exchange
 from ..stats import Stats
 from ..tcp import Connection
 from .http1 import METHODS, Http1Connection, looks_like_request, looks_like_response
+from .http2 import Http2Connection, find_frame_start
 
 __all__ = ["Dispatcher"]
 
@@ -99,7 +102,7 @@ class _ConnDetect:
             # a mid-stream join may start inside a body: look further before giving up
             if total < 2048 and not force:
                 return
-            verdict = "http1" if self._finds_http() else "other"
+            verdict = "http1" if self._finds_http() else self._finds_h2()
         if verdict is None:
             if total < 4096 and not force:
                 return
@@ -113,6 +116,20 @@ class _ConnDetect:
         s = b"".join(v for k, v, _ in self.server.chunks if k == "data")  # type: ignore[misc]
         return bool(_REQUEST_START.search(c) or _RESPONSE_START.search(s))
 
+    def _finds_h2(self) -> str:
+        """A mid-stream join into HTTP/2: both directions (or the only one seen) read as a
+        chain of plausible frame headers from some offset."""
+        found = 0
+        for det in (self.client, self.server):
+            data = b"".join(v for k, v, _ in det.chunks if k == "data")  # type: ignore[misc]
+            if not data:
+                continue
+            off, ok = find_frame_start(data)
+            if off < 0:
+                return "other"
+            found += ok  # (a chain still running past the data is no contradiction)
+        return "http2" if found else "other"
+
     def _commit(self, verdict: str) -> None:
         self.decided = verdict
         d = self.dispatcher
@@ -124,7 +141,14 @@ class _ConnDetect:
                                 (sv.src, sv.sport), conn.id, conn.dialled)
             if conn.roles_inferred:
                 h.start_mid_stream()
+            h.on_upgrade = lambda ex, conn=conn: d.upgrade(conn, ex)
             targets = (h.client_side, h.server_side)
+        elif verdict == "http2":
+            cl, sv = conn.client, conn.server
+            h2 = Http2Connection(conn, d.emit, d.stats, conn.point, (cl.src, cl.sport),
+                                 (sv.src, sv.sport), conn.id, conn.dialled,
+                                 mid_stream=conn.roles_inferred and not self._preface())
+            targets = (h2.client_side, h2.server_side)
         else:
             sink = _Opaque(d.stats, verdict)
             targets = (sink, sink)
@@ -134,6 +158,10 @@ class _ConnDetect:
             for kind, v, ts in det.chunks:
                 getattr(target, kind)(v, ts)
             det.chunks = []
+
+
+    def _preface(self) -> bool:
+        return self.client.first().startswith(b"PRI * HTTP/2.0")
 
 
 class _Opaque:
@@ -161,6 +189,18 @@ class Dispatcher:
     def __init__(self, emit: Callable[[Exchange], None], stats: Stats) -> None:
         self.emit = emit
         self.stats = stats
+
+    def upgrade(self, conn: Connection, ex: Exchange) -> tuple[object, object] | None:
+        """An HTTP/1.1 ``101 Switching Protocols``: h2c continues as HTTP/2 (stream 1 is the
+        upgraded request); anything else (WebSocket, …) stays opaque."""
+        resp = ex.response
+        up = (resp.header("upgrade") if resp is not None else None) or ""
+        if up.strip().lower() != "h2c":
+            return None
+        self.stats.add("protocols", "http2_upgrade")
+        h2 = Http2Connection(conn, self.emit, self.stats, conn.point, ex.client, ex.server,
+                             conn.id, conn.dialled, upgraded=ex)
+        return h2.client_side, h2.server_side
 
     def __call__(self, conn: Connection) -> tuple[_Detect, _Detect]:
         d = _ConnDetect(self, conn)

@@ -42,19 +42,24 @@ _END_OF_HEAD = re.compile(rb"\r?\n\r?\n")
 _REQUEST_LINE = re.compile(
     rb"([!-~]{1,24}) +(.*?)(?: +HTTP/([0-9]\.?[0-9]?))? *\r?\n", re.DOTALL)
 GENERIC_REQUEST = re.compile(rb"[A-Z][A-Z0-9_-]{2,23} (?:/|\*|https?://)")
-# Any HTTP/d.d version on a status line: servers (and evasion tests) send 1.2 and 2.0 here,
-# and clients accept it; the exchange keeps the request's version.
-_STATUS_LINE = re.compile(rb"HTTP/([0-9]\.[0-9]) ([0-9]{3})(?:[ \t][^\r\n]*)?\r?\n")
+# Any HTTP/d.d version on a status line: servers (and evasion tests) send 1.2, 2.0 and even
+# 1.01 or 1.10 here, and clients accept it; the exchange keeps the request's version. The
+# parts may be split by any run of SP/HTAB (RFC 9112 §4 lets a recipient parse on
+# whitespace-delimited words), and a bare CR counts as SP (RFC 9112 §2.2), so
+# "HTTP/1.1 200\rTransfer-Encoding: chunked" is a 200 whose reason phrase is the rest.
+_STATUS_LINE = re.compile(
+    rb"HTTP/([0-9]{1,3}\.[0-9]{1,3})[ \t]+([0-9]{3})(?:[ \t\r][^\n]*)?\r?\n")
 _REQUEST_START = re.compile(
     rb"(?:GET|POST|PUT|HEAD|DELETE|OPTIONS|PATCH|CONNECT|TRACE|PROPFIND|REPORT|MKCOL|"
     rb"PROPPATCH|COPY|MOVE|LOCK|UNLOCK|SEARCH|PURGE) [!-~]+ HTTP/1\.[01]\r?\n")
-_RESPONSE_START = re.compile(rb"HTTP/[0-9]\.[0-9] [0-9]{3}[ \t\r\n]")
+_RESPONSE_START = re.compile(rb"HTTP/[0-9]{1,3}\.[0-9]{1,3}[ \t]+[0-9]{3}[ \t\r\n]")
 METHODS = (b"GET ", b"POST ", b"PUT ", b"HEAD ", b"DELETE ", b"OPTIONS ", b"PATCH ",
            b"CONNECT ", b"TRACE ", b"PROPFIND ", b"REPORT ", b"MKCOL ", b"PROPPATCH ",
            b"COPY ", b"MOVE ", b"LOCK ", b"UNLOCK ", b"SEARCH ", b"PURGE ")
 
 # direction states
-HEAD, BODY, CHUNK_SIZE, CHUNK_DATA, CHUNK_CRLF, TRAILERS, CLOSE, OPAQUE, RESYNC, TUNNEL = range(10)
+(HEAD, BODY, CHUNK_SIZE, CHUNK_DATA, CHUNK_CRLF, TRAILERS, CLOSE, OPAQUE, RESYNC, TUNNEL,
+ UPGRADED) = range(11)
 
 
 def looks_like_request(first: bytes) -> bool:
@@ -120,7 +125,7 @@ class _Side:
     """One direction's parser state; ``is_request`` for client -> server."""
 
     __slots__ = ("conn", "is_request", "state", "buf", "remaining", "msg", "ex", "tail",
-                 "skipped", "first_ts")
+                 "skipped", "first_ts", "target")
 
     def __init__(self, conn: Http1Connection, is_request: bool) -> None:
         self.conn = conn
@@ -133,6 +138,7 @@ class _Side:
         self.tail = b""
         self.skipped = 0
         self.first_ts = 0
+        self.target: object = None  # after an upgrade: the next protocol's consumer
 
     # -- StreamConsumer ----------------------------------------------------------------------
     def data(self, chunk: bytes, ts: int) -> None:
@@ -152,6 +158,9 @@ class _Side:
     def _gap(self, length: int, ts: int) -> None:
         st = self.state
         c = self.conn
+        if st == UPGRADED:
+            self.target.gap(length, ts)  # type: ignore[attr-defined]
+            return
         if self.msg is not None:
             self._flag("gap")
         if st == BODY:
@@ -184,6 +193,8 @@ class _Side:
 
     def end(self, reason: str, ts: int) -> None:
         try:
+            if self.state == UPGRADED:
+                self.target.end(reason, ts)  # type: ignore[attr-defined]
             self.conn.side_ended(self, reason, ts)
         except Exception:  # noqa: BLE001 - a parser bug must not stop the pipeline
             self.conn.stats.add("http1", "internal_error")
@@ -276,6 +287,9 @@ class _Side:
                     else:
                         c.opaque_bytes += n - pos
                         return
+            elif st == UPGRADED:
+                self.target.data(chunk[pos:] if pos else chunk, ts)  # type: ignore[attr-defined]
+                return
             elif st == CLOSE or st == OPAQUE:
                 if self.msg is not None:
                     self.msg.body_bytes += n - pos
@@ -368,6 +382,8 @@ class _Side:
         elif kind == "close":
             self.state = CLOSE
         elif kind == "tunnel":
+            if ex.status == 101 and c.upgrade(ex):
+                return  # the upgraded protocol's parser owns the exchange now
             self._message_done(ts)
             if ex.status == 101:
                 c.go_opaque("upgrade")
@@ -428,6 +444,25 @@ class Http1Connection:
         self.opaque = ""
         self.opaque_bytes = 0
         self._ended: set[bool] = set()
+        # Called with the exchange of a ``101 Switching Protocols``; returns the (client,
+        # server) consumers of the protocol the connection switched to (which then owns the
+        # exchange), or None: the rest of the connection is opaque.
+        self.on_upgrade: Callable[[Exchange], tuple[object, object] | None] | None = None
+
+    def upgrade(self, ex: Exchange) -> bool:
+        """Hand the rest of both directions to the upgraded protocol's parser, if it takes
+        them (and the exchange: for h2c, the request is stream 1 of the new connection)."""
+        if self.on_upgrade is None:
+            return False
+        targets = self.on_upgrade(ex)
+        if targets is None:
+            return False
+        for side, target in zip((self.client_side, self.server_side), targets):
+            side.state = UPGRADED
+            side.target = target
+            side.buf.clear()
+            side.msg = side.ex = None
+        return True
 
     def start_mid_stream(self) -> None:
         """A capture that joined mid-connection: find the first message start first."""

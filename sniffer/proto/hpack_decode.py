@@ -1,0 +1,210 @@
+"""HPACK (RFC 7541) decoding for a passive observer, including one that joined late.
+
+Why not ``hpack.Decoder``: an observer that starts mid-connection has missed the dynamic
+table's earlier insertions, and the h2 project's decoder (rightly, for an endpoint) stops at
+the first unknown index. This decoder keeps going: the dynamic table is held newest-first as
+the entries *seen* since the join, followed by an unknown tail. HPACK indexes the dynamic
+table by position, newest first, so an index that falls among the entries seen resolves
+exactly, whatever eviction did to the unknown tail; only an index beyond them is unknown, and
+the field comes out as ``None`` (name, value or both). The tail becomes known to be empty
+once a size update to 0 arrives, or the entries seen alone fill the table size in force.
+
+The static table and the Huffman code are the h2 project's (``hpack.table``,
+``hpack.huffman_table``). Decoded strings are latin-1 text, as the HTTP/1 parser makes them.
+
+Speed: most header blocks on a busy connection are byte-for-byte repeats (a client sending
+the same request again indexes every field), so a block that does not change the table is
+cached per table generation; Huffman-coded strings are cached too. Both caches are bounded.
+"""
+
+from __future__ import annotations
+
+from hpack.exceptions import HPACKDecodingError
+from hpack.huffman_table import decode_huffman
+from hpack.table import HeaderTable
+
+STATIC: tuple[tuple[str, str], ...] = tuple(
+    (n.decode("latin-1"), v.decode("latin-1")) for n, v in HeaderTable.STATIC_TABLE)
+N_STATIC = len(STATIC)  # 61
+DEFAULT_TABLE_SIZE = 4096
+MAX_TABLE_SIZE = 1 << 20  # a peer may announce more; we never hold more than this
+MAX_STRING = 1 << 16  # one name or value
+MAX_FIELDS = 512  # per block
+_CACHE_MAX = 512
+
+Field = tuple[str | None, str | None]  # None: not recoverable after a mid-stream join
+
+
+class HpackError(Exception):
+    """The block is not valid HPACK (or exceeds a bound): the connection's state is lost."""
+
+
+_huff_cache: dict[bytes, str] = {}
+
+
+def _huffman(raw: bytes) -> str:
+    s = _huff_cache.get(raw)
+    if s is None:
+        try:
+            s = decode_huffman(raw).decode("latin-1")
+        except HPACKDecodingError as e:
+            raise HpackError(f"bad huffman string: {e}") from None
+        if len(_huff_cache) >= 4096:
+            _huff_cache.clear()
+        _huff_cache[raw] = s
+    return s
+
+
+class Decoder:
+    """One direction's HPACK decoder state (RFC 7541 §2.3, §4)."""
+
+    __slots__ = ("entries", "size", "max_size", "limit", "tail_unknown", "gen", "_cache",
+                 "partial_blocks")
+
+    def __init__(self, mid_stream: bool = False) -> None:
+        self.entries: list[tuple[str | None, str | None, int]] = []  # newest first
+        self.size = 0  # of the entries we hold
+        self.max_size = DEFAULT_TABLE_SIZE  # in force (last size update, else the default)
+        self.limit = DEFAULT_TABLE_SIZE  # SETTINGS_HEADER_TABLE_SIZE of the decoding peer
+        self.tail_unknown = mid_stream
+        self.gen = 0  # bumped on every change to the table
+        self._cache: dict[bytes, tuple[int, list[Field], bool]] = {}
+        self.partial_blocks = 0
+
+    def set_limit(self, limit: int) -> None:
+        """The decoding endpoint announced SETTINGS_HEADER_TABLE_SIZE."""
+        self.limit = limit
+
+    # -- table ---------------------------------------------------------------------------------
+    def _insert(self, name: str | None, value: str | None, exact: bool) -> None:
+        size = 32 + len(name or "") + len(value or "")
+        self.entries.insert(0, (name, value, size))
+        self.size += size
+        self._evict()
+        if not exact:
+            # an entry whose name we could not resolve: its true size is unknown, so we can no
+            # longer prove when the unknown tail is gone
+            self.tail_unknown = True
+        self.gen += 1
+
+    def _evict(self) -> None:
+        cap = min(self.max_size, MAX_TABLE_SIZE)
+        while self.entries and self.size > cap:
+            self.size -= self.entries.pop()[2]
+        if self.tail_unknown and self.size + 32 > cap:
+            # what we hold fills the table: no older entry can still be in it
+            self.tail_unknown = False
+
+    def _resize(self, new: int) -> None:
+        self.max_size = new
+        if new == 0:
+            self.tail_unknown = False
+        self._evict()
+        self.gen += 1
+
+    def _lookup(self, index: int) -> tuple[str | None, str | None]:
+        if index <= 0:
+            raise HpackError("index 0")
+        if index <= N_STATIC:
+            return STATIC[index - 1]
+        i = index - N_STATIC - 1
+        if i < len(self.entries):
+            e = self.entries[i]
+            return e[0], e[1]
+        if self.tail_unknown:
+            return None, None
+        raise HpackError(f"index {index} beyond the dynamic table ({len(self.entries)} entries)")
+
+    # -- decoding ------------------------------------------------------------------------------
+    def decode(self, block: bytes) -> tuple[list[Field], bool]:
+        """A complete header block -> (fields in order, partial?). Raises ``HpackError``."""
+        hit = self._cache.get(block)
+        if hit is not None and hit[0] == self.gen:
+            if hit[2]:
+                self.partial_blocks += 1
+            return hit[1], hit[2]
+        gen = self.gen
+        fields, partial, changed = self._decode(block)
+        if not changed:
+            if len(self._cache) >= _CACHE_MAX:
+                self._cache.clear()
+            self._cache[block] = (gen, fields, partial)
+        if partial:
+            self.partial_blocks += 1
+        return fields, partial
+
+    def _decode(self, data: bytes) -> tuple[list[Field], bool, bool]:
+        out: list[Field] = []
+        partial = changed = False
+        pos = 0
+        n = len(data)
+        lookup = self._lookup
+        while pos < n:
+            b = data[pos]
+            if b & 0x80:  # indexed field
+                index, pos = _int(data, pos, 7)
+                name, value = lookup(index)
+                if name is None or value is None:
+                    partial = True
+                out.append((name, value))
+            elif b & 0x20 and not b & 0x40:  # dynamic table size update
+                size, pos = _int(data, pos, 5)
+                if out:
+                    raise HpackError("table size update after a field")
+                # (more than the peer's SETTINGS allow is the encoder's error; we follow it,
+                # never beyond our own cap)
+                self._resize(min(size, MAX_TABLE_SIZE))
+                changed = True
+            else:
+                indexing = bool(b & 0x40)
+                index, pos = _int(data, pos, 6 if indexing else 4)
+                if index:
+                    name = lookup(index)[0]
+                else:
+                    name, pos = _string(data, pos)
+                value, pos = _string(data, pos)
+                if name is None:
+                    partial = True
+                out.append((name, value))
+                if indexing:
+                    self._insert(name, value, name is not None)
+                    changed = True
+            if len(out) > MAX_FIELDS:
+                raise HpackError("too many fields in one block")
+        return out, partial, changed
+
+
+def _int(data: bytes, pos: int, prefix: int) -> tuple[int, int]:
+    """RFC 7541 §5.1 integer with an N-bit prefix, starting at data[pos]."""
+    mask = (1 << prefix) - 1
+    v = data[pos] & mask
+    pos += 1
+    if v < mask:
+        return v, pos
+    shift = 0
+    n = len(data)
+    while True:
+        if pos >= n:
+            raise HpackError("integer runs past the block")
+        b = data[pos]
+        pos += 1
+        v += (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return v, pos
+        if shift > 28:
+            raise HpackError("integer too long")
+
+
+def _string(data: bytes, pos: int) -> tuple[str, int]:
+    if pos >= len(data):
+        raise HpackError("string runs past the block")
+    huff = data[pos] & 0x80
+    length, pos = _int(data, pos, 7)
+    end = pos + length
+    if end > len(data):
+        raise HpackError("string runs past the block")
+    if length > MAX_STRING:
+        raise HpackError("string too long")
+    raw = data[pos:end]
+    return (_huffman(raw) if huff else raw.decode("latin-1")), end
