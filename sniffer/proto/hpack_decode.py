@@ -14,7 +14,9 @@ The static table and the Huffman code are the h2 project's (``hpack.table``,
 
 Speed: most header blocks on a busy connection are byte-for-byte repeats (a client sending
 the same request again indexes every field), so a block that does not change the table is
-cached per table generation; Huffman-coded strings are cached too. Both caches are bounded.
+cached with the dynamic entries it read (position and identity): a repeat is answered from
+the cache while those positions still hold those entries, even though other requests
+inserted entries in between. Huffman-coded strings are cached too. Both caches are bounded.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ def _huffman(raw: bytes) -> str:
 class Decoder:
     """One direction's HPACK decoder state (RFC 7541 §2.3, §4)."""
 
-    __slots__ = ("entries", "size", "max_size", "limit", "tail_unknown", "gen", "_cache",
+    __slots__ = ("entries", "size", "max_size", "limit", "tail_unknown", "_cache",
                  "partial_blocks")
 
     def __init__(self, mid_stream: bool = False) -> None:
@@ -67,8 +69,8 @@ class Decoder:
         self.max_size = DEFAULT_TABLE_SIZE  # in force (last size update, else the default)
         self.limit = DEFAULT_TABLE_SIZE  # SETTINGS_HEADER_TABLE_SIZE of the decoding peer
         self.tail_unknown = mid_stream
-        self.gen = 0  # bumped on every change to the table
-        self._cache: dict[bytes, tuple[int, list[Field], bool]] = {}
+        # block -> (dynamic entries it read as (position, entry), fields, partial)
+        self._cache: dict[bytes, tuple[tuple, list[Field], bool]] = {}
         self.partial_blocks = 0
 
     def set_limit(self, limit: int) -> None:
@@ -85,7 +87,6 @@ class Decoder:
             # an entry whose name we could not resolve: its true size is unknown, so we can no
             # longer prove when the unknown tail is gone
             self.tail_unknown = True
-        self.gen += 1
 
     def _evict(self) -> None:
         cap = min(self.max_size, MAX_TABLE_SIZE)
@@ -100,7 +101,6 @@ class Decoder:
         if new == 0:
             self.tail_unknown = False
         self._evict()
-        self.gen += 1
 
     def _lookup(self, index: int) -> tuple[str | None, str | None]:
         if index <= 0:
@@ -119,23 +119,32 @@ class Decoder:
     def decode(self, block: bytes) -> tuple[list[Field], bool]:
         """A complete header block -> (fields in order, partial?). Raises ``HpackError``."""
         hit = self._cache.get(block)
-        if hit is not None and hit[0] == self.gen:
-            if hit[2]:
-                self.partial_blocks += 1
-            return hit[1], hit[2]
-        gen = self.gen
-        fields, partial, changed = self._decode(block)
-        if not changed:
+        if hit is not None:
+            ents = self.entries
+            n = len(ents)
+            for i, e in hit[0]:
+                if i >= n or ents[i] is not e:
+                    break
+            else:
+                if hit[2]:
+                    self.partial_blocks += 1
+                return hit[1], hit[2]
+        fields, partial, changed, deps = self._decode(block)
+        if not changed and deps is not None:
             if len(self._cache) >= _CACHE_MAX:
                 self._cache.clear()
-            self._cache[block] = (gen, fields, partial)
+            self._cache[block] = (tuple(deps), fields, partial)
         if partial:
             self.partial_blocks += 1
         return fields, partial
 
-    def _decode(self, data: bytes) -> tuple[list[Field], bool, bool]:
+    def _decode(self, data: bytes) -> tuple[list[Field], bool, bool, list | None]:
+        """-> (fields, partial, changed the table, the dynamic entries read as (position,
+        entry), or None if it read beyond what we hold)."""
         out: list[Field] = []
         partial = changed = False
+        deps: list | None = []
+        ents = self.entries
         pos = 0
         n = len(data)
         lookup = self._lookup
@@ -143,6 +152,12 @@ class Decoder:
             b = data[pos]
             if b & 0x80:  # indexed field
                 index, pos = _int(data, pos, 7)
+                if index > N_STATIC and deps is not None:
+                    i = index - N_STATIC - 1
+                    if i < len(ents):
+                        deps.append((i, ents[i]))
+                    else:
+                        deps = None
                 name, value = lookup(index)
                 if name is None or value is None:
                     partial = True
@@ -159,6 +174,12 @@ class Decoder:
                 indexing = bool(b & 0x40)
                 index, pos = _int(data, pos, 6 if indexing else 4)
                 if index:
+                    if index > N_STATIC and deps is not None:
+                        i = index - N_STATIC - 1
+                        if i < len(ents):
+                            deps.append((i, ents[i]))
+                        else:
+                            deps = None
                     name = lookup(index)[0]
                 else:
                     name, pos = _string(data, pos)
@@ -171,7 +192,7 @@ class Decoder:
                     changed = True
             if len(out) > MAX_FIELDS:
                 raise HpackError("too many fields in one block")
-        return out, partial, changed
+        return out, partial, changed, deps
 
 
 def _int(data: bytes, pos: int, prefix: int) -> tuple[int, int]:
