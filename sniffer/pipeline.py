@@ -28,6 +28,7 @@ ProgressFn = Callable[[int, int], None]  # (packets so far, raw bytes read so fa
 HTTP2_NOT_ERRORS = frozenset((
     "connections", "streams", "mid_stream_joins", "h2c_upgrades", "goaway", "rst_stream",
     "push_promise", "resync", "resync_skipped_bytes", "roles_swapped", "orphan_continuation",
+    "frames_after_reset",
 ))
 
 

@@ -172,6 +172,15 @@ class _Side:
 
     def end(self, reason: str, ts: int) -> None:
         try:
+            if self.state == SEARCH and self.buf:
+                # a candidate boundary whose chain ran past the last byte: nothing more is
+                # coming to contradict it, so decode from there
+                off, _ = find_frame_start(self.buf)
+                if off >= 0:
+                    data, self.buf = self.buf[off:], b""
+                    self.conn.stats.add("http2", "resync")
+                    self.state = FRAMES
+                    self._data(data, self.buf_ts)
             self.conn.side_ended(self, reason, ts)
         except Exception:  # noqa: BLE001
             self.conn.stats.add("http2", "internal_error")
@@ -402,6 +411,7 @@ class Http2Connection:
         self.dialled = dialled
         self.mid_stream = mid_stream
         self.streams: dict[int, _Stream] = {}
+        self.reset_ids: dict[int, None] = {}  # recently reset streams, oldest first
         self.is_broken = False
         self.swappable = mid_stream
         self.client_side = _Side(self, True, SEARCH if mid_stream else PREFACE_WAIT, mid_stream)
@@ -482,6 +492,9 @@ class Http2Connection:
             self.stats.add("http2", "push_promise")
             return
         st = self.streams.get(sid)
+        if st is None and sid in self.reset_ids:
+            self.stats.add("http2", "frames_after_reset")
+            return
         if side.is_client:
             if st is None:
                 ex = self._exchange(sid)
@@ -579,6 +592,10 @@ class Http2Connection:
             m = st.ex.response or st.ex.request
             m.last_ts = max(m.last_ts, ts)
             self._hand_over(sid, "reset")
+            # frames the peer sent before it saw the reset may still arrive: not a new stream
+            self.reset_ids[sid] = None
+            if len(self.reset_ids) > 64:
+                del self.reset_ids[next(iter(self.reset_ids))]
 
     def stream_flag(self, sid: int, flag: str) -> None:
         st = self.streams.get(sid)
