@@ -385,6 +385,11 @@ class _Side:
                 elif name[:1] == ":":
                     pseudo[name] = value
                 elif len(regular) < MAX_HEADERS:
+                    if value[:1] == "\x00" and name[-4:] == "-bin":
+                        # gRPC "true binary" metadata (a NUL, then raw bytes): store it as the
+                        # base64 every other peer sends, so -bin values read the same
+                        value = base64.b64encode(value[1:].encode("latin-1")).decode()
+                        value = value.rstrip("=")
                     regular.append((name, value))
             if len(self.memo) >= 256:
                 self.memo.clear()
