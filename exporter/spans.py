@@ -21,6 +21,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from sniffer.correlate import Hop
 from sniffer.exchange import Exchange
 from sniffer.tracecontext import TraceContext, extract
 
@@ -81,27 +82,18 @@ def _digest(*parts: object) -> bytes:
     return h.digest()
 
 
-def exchange_span(ex: Exchange, ctx: TraceContext | None, keep_query: bool = False
-                  ) -> SpanRecord:
+def _http_attrs(ex: Exchange, ctx: TraceContext | None, keep_query: bool,
+                attrs: dict[str, Any]) -> tuple[str, int, str, int]:
+    """The HTTP / RPC semantic-convention attributes of one exchange, into ``attrs``;
+    returns (span name, status code, status message, end of the response)."""
     point = getattr(ex.point, "name", str(ex.point))
-    ident: tuple = (point, ex.client, ex.server, ex.request.first_ts, ex.method, ex.target)
-    if ex.stream_id:  # several HTTP/2 requests often share one packet, hence one timestamp
-        ident += (ex.stream_id,)
-    d = _digest(*ident)
-    attrs: dict[str, Any] = {"wirespan.span.role": "exchange"}
-    if ctx is not None:
-        trace_id, parent = ctx.trace_id, ctx.span_id
-        attrs["wirespan.trace.format"] = ctx.format
-    else:
-        trace_id, parent = d[8:24].hex(), ""
-        attrs["wirespan.trace.synthetic"] = True
     path = ex.path
     template = url_template(path)
     host, port = split_authority(ex.authority)
     attrs.update({
         "http.request.method": ex.method or "_OTHER",
         "url.path": path,
-        "url.scheme": "http",
+        "url.scheme": ex.scheme or "http",
         "url.template": template,
         "server.address": host or _ip(ex.server[0]),
         "server.port": int(port) if port.isdigit() else ex.server[1],
@@ -111,8 +103,6 @@ def exchange_span(ex: Exchange, ctx: TraceContext | None, keep_query: bool = Fal
         "network.protocol.version": ex.protocol.split("/", 1)[-1],
         "wirespan.capture.interface": point,
     })
-    if ex.scheme:
-        attrs["url.scheme"] = ex.scheme
     name = f"{ex.method or 'HTTP'} {template}"
     status, message = STATUS_UNSET, ""
     if ex.is_grpc and ex.stream_id:
@@ -152,6 +142,28 @@ def exchange_span(ex: Exchange, ctx: TraceContext | None, keep_query: bool = Fal
         message = ",".join(sorted(bad)) + (f": {message}" if message else "")
     if ex.flags:
         attrs["wirespan.exchange.flags"] = sorted(ex.flags)
+    return name, status, message, end
+
+
+def _ident(ex: Exchange) -> tuple:
+    point = getattr(ex.point, "name", str(ex.point))
+    ident: tuple = (point, ex.client, ex.server, ex.request.first_ts, ex.method, ex.target)
+    if ex.stream_id:  # several HTTP/2 requests often share one packet, hence one timestamp
+        ident += (ex.stream_id,)
+    return ident
+
+
+def exchange_span(ex: Exchange, ctx: TraceContext | None, keep_query: bool = False
+                  ) -> SpanRecord:
+    d = _digest(*_ident(ex))
+    attrs: dict[str, Any] = {"wirespan.span.role": "exchange"}
+    if ctx is not None:
+        trace_id, parent = ctx.trace_id, ctx.span_id
+        attrs["wirespan.trace.format"] = ctx.format
+    else:
+        trace_id, parent = d[8:24].hex(), ""
+        attrs["wirespan.trace.synthetic"] = True
+    name, status, message, end = _http_attrs(ex, ctx, keep_query, attrs)
     return SpanRecord(trace_id=trace_id, span_id=d[:8].hex(), parent_span_id=parent,
                       name=name, kind=KIND_CLIENT,
                       start_ns=ex.request.first_ts, end_ns=end, status_code=status,
@@ -159,17 +171,65 @@ def exchange_span(ex: Exchange, ctx: TraceContext | None, keep_query: bool = Fal
                       trace_state=ctx.tracestate if ctx is not None else "")
 
 
+def proxy_span(hop: Hop, keep_query: bool = False) -> SpanRecord:
+    """A matched hop -> a SERVER span for the proxy: trace and parent from the downstream
+    leg's headers, times at the proxy, the dwell attributes of the contract."""
+    dx, ux = hop.down.ex, hop.up.ex
+    d = _digest("proxy", *_ident(dx), *_ident(ux))
+    ctx = hop.down.ctx
+    attrs: dict[str, Any] = {"wirespan.span.role": "proxy"}
+    if ctx is not None:
+        trace_id, parent = ctx.trace_id, ctx.span_id
+        attrs["wirespan.trace.format"] = ctx.format
+    else:
+        trace_id, parent = d[8:24].hex(), ""
+        attrs["wirespan.trace.synthetic"] = True
+    name, status, message, _end = _http_attrs(dx, ctx, keep_query, attrs)
+    attrs.update({
+        "wirespan.proxy.request_dwell_ns": hop.request_dwell_ns,
+        "wirespan.proxy.response_dwell_ns": hop.response_dwell_ns,
+        "wirespan.proxy.upstream_duration_ns": hop.upstream_duration_ns,
+        "wirespan.proxy.upstream_connect_ns": hop.upstream_connect_ns,
+        "wirespan.proxy.address": hop.proxy_address,
+        "wirespan.upstream.address": hop.upstream_address,
+        "wirespan.match": hop.match,
+        "wirespan.proxy.span_id_rewritten": hop.span_id_rewritten,
+    })
+    if hop.direction:
+        attrs["wirespan.proxy.direction"] = hop.direction
+    if hop.ambiguous:
+        attrs["wirespan.match.ambiguous"] = True
+    if hop.retries:
+        attrs["wirespan.proxy.retries"] = hop.retries
+    if ux.status and ux.status != dx.status:
+        attrs["wirespan.upstream.status_code"] = ux.status
+    if len(hop.down.obs) > 1 or len(hop.up.obs) > 1:
+        attrs["wirespan.capture.interfaces"] = sorted(
+            {getattr(o.point, "name", str(o.point)) for o in hop.down.obs + hop.up.obs})
+    return SpanRecord(trace_id=trace_id, span_id=d[:8].hex(), parent_span_id=parent,
+                      name=name, kind=KIND_SERVER, start_ns=hop.start_ns, end_ns=hop.end_ns,
+                      status_code=status, status_message=message, attributes=attrs,
+                      trace_state=ctx.tracestate if ctx is not None else "")
+
+
 class SpanBuilder:
-    """Decides which exchanges become spans (``mode``: traced | all | proxy)."""
+    """Decides which exchanges and hops become spans (``mode``: traced | all | proxy)."""
 
     def __init__(self, mode: str = "traced", keep_query: bool = False) -> None:
         self.mode = mode
         self.keep_query = keep_query
 
-    def __call__(self, ex: Exchange) -> SpanRecord | None:
+    def exchange(self, ex: Exchange, ctx: TraceContext | None) -> SpanRecord | None:
+        """An exchange in no hop (``ctx``: its trace context, already extracted)."""
         if self.mode == "proxy" or not ex.method:
-            return None  # proxy spans need the correlator; a response alone is no span
-        ctx = extract(ex.request.headers)
+            return None  # a response alone is no span
         if ctx is None and self.mode != "all":
             return None
         return exchange_span(ex, ctx, self.keep_query)
+
+    def hop(self, hop: Hop) -> SpanRecord:
+        return proxy_span(hop, self.keep_query)
+
+    def __call__(self, ex: Exchange) -> SpanRecord | None:
+        """An exchange on its own, without correlation."""
+        return self.exchange(ex, extract(ex.request.headers) if ex.method else None)

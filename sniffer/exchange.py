@@ -51,6 +51,9 @@ class Exchange:
     # gRPC (content-type application/grpc*): grpc-status from trailers or Trailers-Only
     grpc_status: int | None = None
     grpc_message: str = ""
+    # the connection's SYN and SYN-ACK times, when the capture saw its handshake (else 0)
+    syn_ts: int = 0
+    synack_ts: int = 0
 
     @property
     def is_grpc(self) -> bool:

@@ -11,7 +11,8 @@ from then on):
 * the HTTP/2 connection preface: ``http2``, parsed by ``http2.Http2Connection`` (also after
   an HTTP/1.1 ``Upgrade: h2c``, and on a mid-stream join where a chain of plausible HTTP/2
   frame headers is found);
-* a TLS handshake record: ``tls``;
+* a TLS handshake record (or an SSLv2-compatible hello): ``tls``, framed by
+  ``tls.TlsConnection`` (records, ClientHello SNI/ALPN, handshake end; never decrypted);
 * anything else: ``other``, whose bytes are counted and dropped.
 """
 
@@ -24,6 +25,7 @@ from ..stats import Stats
 from ..tcp import Connection
 from .http1 import METHODS, Http1Connection, looks_like_request, looks_like_response
 from .http2 import Http2Connection, find_frame_start
+from .tls import TlsConnection, TlsSession
 
 __all__ = ["Dispatcher"]
 
@@ -41,6 +43,8 @@ def detect_client(first: bytes) -> str | None:
         return "http1"
     if len(first) >= 6 and first[0] == 0x16 and first[1] == 3 and first[5] == 1:
         return "tls"
+    if len(first) >= 5 and first[0] & 0x80 and first[2] == 1 and first[3] == 3:
+        return "tls"  # an SSLv2-compatible ClientHello (the TLS parser counts and skips it)
     if len(first) < DETECT_BYTES and any(m.startswith(first) for m in METHODS):
         return None
     return "other"
@@ -132,7 +136,7 @@ class _ConnDetect:
 
     def _commit(self, verdict: str) -> None:
         self.decided = verdict
-        d = self.dispatcher
+        d = self.dispatcher.for_connection(self.conn)
         d.stats.add("protocols", verdict)
         conn = self.conn
         if verdict == "http1":
@@ -149,6 +153,9 @@ class _ConnDetect:
                                  (sv.src, sv.sport), conn.id, conn.dialled,
                                  mid_stream=conn.roles_inferred and not self._preface())
             targets = (h2.client_side, h2.server_side)
+        elif verdict == "tls":
+            t = TlsConnection(conn, d.stats, d.emit_tls)
+            targets = (t.client_side, t.server_side)
         else:
             sink = _Opaque(d.stats, verdict)
             targets = (sink, sink)
@@ -186,9 +193,26 @@ class _Opaque:
 class Dispatcher:
     """The flow table's consumer factory: detection, then the protocol's parser."""
 
-    def __init__(self, emit: Callable[[Exchange], None], stats: Stats) -> None:
+    def __init__(self, emit: Callable[[Exchange], None], stats: Stats,
+                 emit_tls: Callable[[TlsSession], None] | None = None) -> None:
         self.emit = emit
         self.stats = stats
+        self.emit_tls = emit_tls or (lambda session: None)
+
+    def for_connection(self, conn: Connection) -> Dispatcher:
+        """A view whose ``emit`` stamps each exchange with its connection's handshake times
+        (the correlator needs them for a proxy's upstream connect time)."""
+        view = Dispatcher.__new__(Dispatcher)
+        view.stats = self.stats
+        view.emit_tls = self.emit_tls
+        emit = self.emit
+
+        def stamped(ex: Exchange) -> None:
+            ex.syn_ts, ex.synack_ts = conn.syn_ts, conn.synack_ts
+            emit(ex)
+
+        view.emit = stamped
+        return view
 
     def upgrade(self, conn: Connection, ex: Exchange) -> tuple[object, object] | None:
         """An HTTP/1.1 ``101 Switching Protocols``: h2c continues as HTTP/2 (stream 1 is the

@@ -1,0 +1,414 @@
+"""Proxy hops from exchanges: the downstream and upstream legs of one request through an L7
+proxy matched, and the time the request and its response spent inside the proxy.
+
+Rules of this module (``../shared/DESIGN.md``, "Proxies and dwell time")
+-------------------------------------------------------------------------
+* A **leg** is one request/response on one connection. The same leg seen at several capture
+  points (both ends of a veth, a pod's eth0 and the node bridge) is *one* leg with several
+  observations: same client and server endpoints, stream, method and target, and
+  overlapping in time.
+* A **hop** is a downstream leg D (the proxy is its server) and an upstream leg U (the proxy
+  is its client) of the same request, matched by the strongest evidence available:
+  1. ``trace-context``: the same trace id, method and path, and U nested in D in time
+     (U's request starts after D's, U's response starts before D's). Span ids need not match
+     (a proxy that traces writes a new one: ``wirespan.proxy.span_id_rewritten``);
+  2. ``request-id``: the same ``x-request-id``, method, path and nesting;
+  3. ``timing``: neither leg carries either, same method and path, nested, and exactly one
+     candidate.
+  Of several nested candidates only the outermost are direct (in a chain
+  client → ingress → sidecar → app, the app leg is nested in the ingress's downstream leg
+  too); of several direct ones (retries) the one whose response started last is the one
+  the proxy forwarded. A leg is the upstream of at most one hop. When one trace id is
+  reused by concurrent requests, the candidate forwarded soonest wins and the hop says
+  ``wirespan.match.ambiguous``.
+* Times at the proxy: of a leg's observations, the proxy received D's request last and sent
+  D's response first, sent U's request first and received U's response last; taking those
+  keeps network time between capture points out of the dwell:
+  ``request_dwell = U.req.first − D.req.first − upstream_connect``,
+  ``response_dwell = D.resp.first − U.resp.first``,
+  ``upstream_duration = U.resp.last − U.req.first``, and ``upstream_connect`` = SYN-ACK −
+  SYN of U's connection when the proxy opened it after D's request arrived, else 0.
+* Streaming and bounded: a finished leg waits ``settle_ns`` of capture time (for its other
+  observations) before it is matched as a downstream leg; legs stay available as upstream
+  candidates for ``window_ns`` and at most ``max_legs`` are held (the oldest go first,
+  counted). A leg that ends up in no hop is handed on as a plain exchange.
+"""
+
+from __future__ import annotations
+
+import bisect
+import ipaddress
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .exchange import Exchange
+from .stats import Stats
+from .tracecontext import TraceContext, extract
+
+SETTLE_NS = 200_000_000
+WINDOW_NS = 5_000_000_000
+MAX_LEGS = 20_000  # ~4 KB each with their exchanges
+MAX_CANDIDATES = 64  # nested candidates examined per downstream leg
+
+
+class Leg:
+    """One request/response on one connection, with every observation of it."""
+
+    __slots__ = ("obs", "ctx", "end", "used_as_upstream", "in_hop", "keys", "done", "settled",
+                 "req_first_min", "req_first_max", "resp_first_min", "resp_first_max",
+                 "resp_last_min", "resp_last_max")
+
+    def __init__(self, ex: Exchange, ctx: TraceContext | None) -> None:
+        self.obs: list[Exchange] = [ex]
+        self.ctx = ctx
+        self.used_as_upstream = False
+        self.in_hop = False
+        self.done = False
+        self.settled = False  # matched (or not) as a downstream leg
+        self.keys: list[tuple] = []
+        self._times(ex, first=True)
+
+    def _times(self, ex: Exchange, first: bool = False) -> None:
+        rq, rs = ex.request.first_ts, ex.response.first_ts if ex.response else 0
+        rl = ex.response.last_ts if ex.response else ex.request.last_ts
+        if first:
+            self.req_first_min = self.req_first_max = rq
+            self.resp_first_min = self.resp_first_max = rs
+            self.resp_last_min = self.resp_last_max = rl
+            self.end = rl
+            return
+        self.req_first_min = min(self.req_first_min, rq)
+        self.req_first_max = max(self.req_first_max, rq)
+        self.resp_first_min = min(self.resp_first_min, rs)
+        self.resp_first_max = max(self.resp_first_max, rs)
+        self.resp_last_min = min(self.resp_last_min, rl)
+        self.resp_last_max = max(self.resp_last_max, rl)
+        self.end = max(self.end, rl)
+
+    def add(self, ex: Exchange) -> None:
+        self.obs.append(ex)
+        self._times(ex)
+
+    @property
+    def ex(self) -> Exchange:
+        return self.obs[0]
+
+
+@dataclass(slots=True)
+class Hop:
+    """A matched proxy hop, with the observations used for its times."""
+
+    down: Leg
+    up: Leg
+    match: str
+    ambiguous: bool
+    request_dwell_ns: int
+    response_dwell_ns: int
+    upstream_duration_ns: int
+    upstream_connect_ns: int
+    start_ns: int
+    end_ns: int
+    proxy_address: str
+    upstream_address: str
+    direction: str  # "inbound", "outbound" or "" (a standalone proxy)
+    span_id_rewritten: bool
+    retries: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def _ip(addr: bytes) -> str:
+    return str(ipaddress.ip_address(addr))
+
+
+def _is_loopback(addr: bytes) -> bool:
+    return addr[:1] == b"\x7f" if len(addr) == 4 else addr == b"\x00" * 15 + b"\x01"
+
+
+def _direction(d: Exchange, u: Exchange) -> str:
+    if _is_loopback(d.server[0]) or d.client[0] == d.server[0] or d.dialled is not None:
+        return "outbound"  # the caller is the app in the proxy's own pod
+    if _is_loopback(u.server[0]) or u.client[0] == u.server[0]:
+        return "inbound"  # the proxy hands the request to the app in its pod
+    return ""
+
+
+def _by_nesting(leg: Leg) -> tuple[int, int]:
+    return leg.req_first_min, -leg.resp_first_max
+
+
+class ProxyStats:
+    """Per proxy address: requests, match kinds, dwell samples (bounded reservoir)."""
+
+    MAX_SAMPLES = 100_000
+
+    def __init__(self) -> None:
+        self.by_proxy: dict[str, dict] = {}
+
+    def add(self, hop: Hop) -> None:
+        p = self.by_proxy.get(hop.proxy_address)
+        if p is None:
+            p = self.by_proxy[hop.proxy_address] = {"requests": 0, "match_kinds": {},
+                                                    "req": [], "resp": []}
+        p["requests"] += 1
+        p["match_kinds"][hop.match] = p["match_kinds"].get(hop.match, 0) + 1
+        if len(p["req"]) < self.MAX_SAMPLES:
+            p["req"].append(hop.request_dwell_ns)
+            p["resp"].append(hop.response_dwell_ns)
+
+    @staticmethod
+    def _pct(values: list[int]) -> dict[str, int]:
+        if not values:
+            return {}
+        v = sorted(values)
+        n = len(v)
+
+        def q(p: float) -> int:
+            return v[min(n - 1, max(0, int(round(p * n + 0.5)) - 1))]  # nearest rank
+
+        return {"p50": q(0.50), "p90": q(0.90), "p99": q(0.99), "max": v[-1]}
+
+    def summary(self) -> list[dict]:
+        out = []
+        for addr, p in sorted(self.by_proxy.items(), key=lambda kv: -kv[1]["requests"]):
+            out.append({"address": addr, "requests": p["requests"],
+                        "match_kinds": dict(sorted(p["match_kinds"].items())),
+                        "request_dwell_ns": self._pct(p["req"]),
+                        "response_dwell_ns": self._pct(p["resp"])})
+        return out
+
+
+class Correlator:
+    """Exchanges in (from any number of connections and capture points), hops and unmatched
+    exchanges out. ``on_hop(hop)`` for each hop as soon as it is matched; ``on_exchange(ex,
+    ctx)`` for each leg that is in no hop, once it leaves the window."""
+
+    def __init__(self, on_hop: Callable[[Hop], None] | None = None,
+                 on_exchange: Callable[[Exchange, TraceContext | None], None] | None = None,
+                 stats: Stats | None = None, settle_ns: int = SETTLE_NS,
+                 window_ns: int = WINDOW_NS, max_legs: int = MAX_LEGS) -> None:
+        self.on_hop = on_hop
+        self.on_exchange = on_exchange
+        self.stats = stats or Stats()
+        self.settle_ns = settle_ns
+        self.window_ns = window_ns
+        self.max_legs = max_legs
+        self.now = 0
+        self.pending: deque[Leg] = deque()  # finished, not yet matched as a downstream leg
+        self.window: deque[Leg] = deque()  # candidates, in arrival order
+        self.index: dict[tuple, tuple[list[int], list[Leg]]] = {}  # key -> sorted by req start
+        self.same_leg: dict[tuple, list[Leg]] = {}
+        self.proxies = ProxyStats()
+        self.hops = 0
+        self.edges: set[tuple] = set()  # (proxy endpoint, upstream endpoint) of hops seen
+
+    # -- input -----------------------------------------------------------------------------
+    def __call__(self, ex: Exchange) -> None:
+        self.add(ex)
+
+    def add(self, ex: Exchange) -> None:
+        if not ex.method or ex.response is None:
+            # a response alone, or a request never answered: no hop can be measured
+            self._out(ex, extract(ex.request.headers) if ex.method else None)
+            return
+        ident = (ex.client, ex.server, ex.stream_id, ex.method, ex.target)
+        legs = self.same_leg.get(ident)
+        for leg in reversed(legs[-8:]) if legs else ():
+            # (the other observations of a leg arrive within moments of each other, so the
+            # most recent legs with this identity are the only ones worth a look)
+            if (ex.request.first_ts <= leg.resp_last_max
+                    and leg.req_first_min <= ex.response.last_ts and not leg.done
+                    and all(o.point is not ex.point for o in leg.obs)):
+                leg.add(ex)  # the same leg at another capture point
+                self.stats.add("correlate", "observations_merged")
+                self._advance(leg.end)
+                return
+        leg = Leg(ex, extract(ex.request.headers))
+        if legs is None:
+            self.same_leg[ident] = [leg]
+        else:
+            legs.append(leg)
+        leg.keys.append(("s", ident))
+        ctx = leg.ctx
+        path = ex.path
+        if ctx is not None and ctx.format != "request-id":
+            self._index(leg, ("t", ctx.trace_id, ex.method, path))
+        if ctx is not None and ctx.request_id:
+            self._index(leg, ("r", ctx.request_id, ex.method, path))
+        if ctx is None:
+            self._index(leg, ("m", ex.method, path))
+        self.pending.append(leg)
+        self.window.append(leg)
+        self._advance(leg.end)
+
+    def _index(self, leg: Leg, key: tuple) -> None:
+        starts, legs = self.index.get(key) or self.index.setdefault(key, ([], []))
+        i = bisect.bisect_right(starts, leg.req_first_min)
+        starts.insert(i, leg.req_first_min)
+        legs.insert(i, leg)
+        leg.keys.append(key)
+
+    def _advance(self, ts: int) -> None:
+        if ts > self.now:
+            self.now = ts
+        settle = self.now - self.settle_ns
+        pending = self.pending
+        while pending and pending[0].end < settle:
+            self._match(pending.popleft())
+        horizon = self.now - self.window_ns
+        window = self.window
+        while window and (window[0].end < horizon or len(window) > self.max_legs):
+            leg = window[0]
+            if not leg.settled:
+                # full before the oldest leg settled: match it now rather than lose it
+                self.stats.add("correlate", "matched_early")
+                while pending and not leg.settled:
+                    self._match(pending.popleft())
+            if leg.end >= horizon:
+                self.stats.add("correlate", "evicted_window_full")
+            self._evict(window.popleft())
+
+    def finish(self) -> None:
+        while self.pending:
+            self._match(self.pending.popleft())
+        while self.window:
+            self._evict(self.window.popleft())
+
+    # -- matching ----------------------------------------------------------------------------
+    def _candidates(self, d: Leg, key: tuple) -> list[Leg]:
+        entry = self.index.get(key)
+        if entry is None:
+            return []
+        starts, legs = entry
+        lo = bisect.bisect_left(starts, d.req_first_min)
+        hi = bisect.bisect_right(starts, d.resp_first_max, lo)
+        out = []
+        for u in legs[lo:min(hi, lo + MAX_CANDIDATES * 4)]:
+            if (u is d or u.used_as_upstream or u.done
+                    or u.resp_first_min > d.resp_first_max or u.req_first_max < d.req_first_min):
+                continue
+            ux, dx = u.ex, d.ex
+            if ux.server == dx.server or ux.client == dx.client:
+                continue  # a proxy does not forward to itself, nor on the caller's connection
+            if not (ux.client[0] == dx.server[0] or _is_loopback(ux.client[0])
+                    or _is_loopback(dx.server[0])):
+                continue  # the upstream leg must leave the host the downstream leg reached
+            if (ux.server, dx.server) in self.edges:
+                # the candidate's server is known to forward to this leg's server: this leg
+                # is downstream of it, not the other way round (concurrent requests that
+                # share one trace id would otherwise pair up backwards)
+                continue
+            out.append(u)
+            if len(out) >= MAX_CANDIDATES:
+                break
+        return out
+
+    def _match(self, d: Leg) -> None:
+        d.settled = True
+        ex = d.ex
+        ctx = d.ctx
+        tries: list[tuple[str, tuple]] = []
+        if ctx is not None and ctx.format != "request-id":
+            tries.append(("trace-context", ("t", ctx.trace_id, ex.method, ex.path)))
+        if ctx is not None and ctx.request_id:
+            tries.append(("request-id", ("r", ctx.request_id, ex.method, ex.path)))
+        if ctx is None:
+            tries.append(("timing", ("m", ex.method, ex.path)))
+        for kind, key in tries:
+            cands = self._candidates(d, key)
+            if not cands:
+                continue
+            # direct children only: drop candidates nested inside another candidate (one
+            # sweep by request start, keeping the latest response start seen so far)
+            direct = []
+            reach = -1
+            for u in sorted(cands, key=_by_nesting):
+                if u.resp_first_max > reach:
+                    direct.append(u)
+                    reach = u.resp_first_max
+            if kind == "timing" and len(direct) != 1:
+                self.stats.add("correlate", "timing_ambiguous" if direct else "no_match")
+                continue
+            ambiguous = False
+            if len(direct) > 1:
+                # retries share an id but run one after another; concurrent requests that
+                # reuse one id overlap: then the one forwarded soonest is taken, and said so
+                overlapping = any(a.req_first_min < b.resp_first_max
+                                  and b.req_first_min < a.resp_first_max
+                                  for i, a in enumerate(direct) for b in direct[i + 1:])
+                if overlapping:
+                    ambiguous = True
+                    u = min(direct, key=lambda v: v.req_first_min)
+                else:
+                    u = max(direct, key=lambda v: v.resp_first_max)
+            else:
+                u = direct[0]
+            self._hop(d, u, kind, ambiguous, len(direct) - 1 if not ambiguous else 0)
+            return
+
+    def _hop(self, d: Leg, u: Leg, kind: str, ambiguous: bool, retries: int) -> None:
+        u.used_as_upstream = True
+        d.in_hop = u.in_hop = True
+        dx, ux = d.ex, u.ex
+        d_req = d.req_first_max  # the proxy received it last
+        d_resp = d.resp_first_min  # and sent its response first
+        u_req = u.req_first_min
+        u_resp = u.resp_first_max
+        connect = 0
+        syn, synack = ux.syn_ts, ux.synack_ts
+        if syn and synack and syn >= d.req_first_min and synack >= syn:
+            connect = synack - syn  # the proxy dialled after the request: network time
+        hop = Hop(
+            down=d, up=u, match=kind, ambiguous=ambiguous,
+            request_dwell_ns=u_req - d_req - connect,
+            response_dwell_ns=d_resp - u_resp,
+            upstream_duration_ns=u.resp_last_max - u_req,
+            upstream_connect_ns=connect,
+            start_ns=d_req, end_ns=max(d.resp_last_min, d_resp),
+            proxy_address=f"{_ip(dx.server[0])}:{dx.server[1]}",
+            upstream_address=(f"{_ip(ux.dialled[0])}:{ux.dialled[1]}" if ux.dialled else
+                              f"{_ip(ux.server[0])}:{ux.server[1]}"),
+            direction=_direction(dx, ux),
+            span_id_rewritten=bool(d.ctx and u.ctx and d.ctx.span_id != u.ctx.span_id),
+            retries=retries,
+        )
+        self.hops += 1
+        if len(self.edges) < 65536:
+            self.edges.add((dx.server, ux.server))
+        self.proxies.add(hop)
+        self.stats.add("correlate", f"match_{kind}")
+        if ambiguous:
+            self.stats.add("correlate", "ambiguous")
+        if self.on_hop is not None:
+            self.on_hop(hop)
+
+    def _evict(self, leg: Leg) -> None:
+        leg.done = True
+        for key in leg.keys:
+            if key[0] == "s":
+                lst = self.same_leg.get(key[1])
+                if lst is not None:
+                    if lst[0] is leg:  # legs leave in arrival order: usually the first
+                        del lst[0]
+                    elif leg in lst:
+                        lst.remove(leg)
+                    if not lst:
+                        del self.same_leg[key[1]]
+                continue
+            entry = self.index.get(key)
+            if entry is None:
+                continue
+            starts, legs = entry
+            i = bisect.bisect_left(starts, leg.req_first_min)
+            while i < len(legs) and legs[i] is not leg:
+                i += 1
+            if i < len(legs):
+                del starts[i], legs[i]
+            if not legs:
+                del self.index[key]
+        if not leg.in_hop:
+            self._out(leg.obs[0], leg.ctx)  # one exchange, however many points saw it
+
+    def _out(self, ex: Exchange, ctx: TraceContext | None) -> None:
+        if self.on_exchange is not None:
+            self.on_exchange(ex, ctx)
