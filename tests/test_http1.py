@@ -256,3 +256,89 @@ def test_close_delimited_last_ts_is_the_last_data_not_the_fin() -> None:
     h.server_side.end("fin", 9000)
     h.client_side.end("fin", 9000)
     assert out[0].response.last_ts == 3000 and out[0].response.complete
+
+
+# -- fixes found by the corpus differential test (tests/test_corpus_http1.py) ------------------
+
+@pytest.mark.parametrize("line,status", [
+    (b"HTTP/1.01 200 ok", 200),            # http-evader-051: clients accept odd versions
+    (b"HTTP/1.10 200 ok", 200),            # http-evader-366
+    (b"HTTP/1.1  200 ok", 200),            # http-evader-371: a run of SP (RFC 9112 section 4)
+    (b"HTTP/1.1\t 200 ok", 200),           # http-evader-372
+    (b"HTTP/1.1 200\rX-Not-A-Header: 1", 200),  # http-evader-382: a bare CR is SP
+    (b"HTTP/1.1 2000 ok", None),           # not 3DIGIT: no status line
+    (b"HTTP/1.1 2xx ok", None),
+    (b"HTTP/1.1 200\x00 ok", None),
+])
+def test_status_line_leniency(line: bytes, status: int | None) -> None:
+    exs = every_split([(C, GET), (S, line + b"\r\nContent-Length: 2\r\n\r\nok")])
+    assert [e.status for e in exs if e.status] == ([status] if status else [])
+
+
+def test_bare_cr_in_status_line_hides_a_header() -> None:
+    # http-evader-381: with the CR read as SP, Transfer-Encoding is part of the reason phrase
+    resp = b"HTTP/1.1 200\rTransfer-Encoding:chunked\r\nContent-Length: 4\r\n\r\nabcd"
+    exs = every_split([(C, GET), (S, resp)])
+    assert [(e.status, e.response.body_bytes, e.response.complete) for e in exs] == [
+        (200, 4, True)]
+
+
+def test_differing_content_length_headers_are_a_framing_error() -> None:
+    # suricata-verify http-multiple-cl: two fields, 11 and 93 - not "take the first"
+    req = (b"POST /which HTTP/1.1\r\nContent-Length: 11\r\nContent-Length: 93\r\n\r\n"
+           b"bar=1&foo=2" + GET)
+    exs, stats = run([(C, req), (S, OK5)])
+    assert [e.target for e in exs] == ["/which"]
+    assert stats.get("http1", "bad_framing") == 1
+    assert body_framing(True, "GET", 0, [("content-length", "3"), ("content-length", "3")]) \
+        == ("length", 3)
+
+
+def test_content_length_leading_zeros() -> None:
+    # zeek http/261 variant 08: "0000...0050" is 50
+    assert body_framing(True, "POST", 0, [("content-length", "0" * 30 + "50")]) == ("length", 50)
+    assert body_framing(True, "POST", 0, [("content-length", "012, 12")]) == ("length", 12)
+    assert body_framing(True, "POST", 0, [("content-length", "")]) == ("bad", 0)
+    assert body_framing(True, "POST", 0, [("content-length", "\u00b2")]) == ("bad", 0)
+    post = b"POST / HTTP/1.1\r\nContent-Length: 00050\r\n\r\n" + b"X" * 50 + GET
+    exs = every_split([(C, post)])
+    assert [(e.method, e.request.body_bytes) for e in exs] == [("POST", 50), ("GET", 0)]
+
+
+def test_request_split_inside_a_connect_tunnel() -> None:
+    # suricata-verify http-connect-fragmented: "GE" then "T / HTTP/1.1..."
+    conn = b"CONNECT origin:80 HTTP/1.1\r\nHost: origin:80\r\n\r\n"
+    exs, stats = run([(C, conn), (S, b"HTTP/1.1 200 Connection established\r\n\r\n"),
+                      (C, GET[:2]), (C, GET[2:]), (S, OK5)])
+    assert [(e.method, e.target, e.status) for e in exs] == [
+        ("CONNECT", "origin:80", 200), ("GET", "/a?x=1", 200)]
+    assert stats.get("http1", "tunnel_http") == 1
+
+
+def test_http2_preface_is_not_an_http1_request() -> None:
+    # suricata-verify http2-errorcode: h2 through a CONNECT tunnel
+    conn = b"CONNECT origin:80 HTTP/1.1\r\nHost: origin:80\r\n\r\n"
+    exs, stats = run([(C, conn), (S, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
+                      (C, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")])
+    assert [e.method for e in exs] == ["CONNECT"]
+    assert stats.get("http1", "opaque_h2_preface") == 1
+
+
+def test_sip_is_not_http() -> None:
+    # arkime_synthetic: SIP over TCP shares HTTP's request-line shape
+    exs, stats = run([(C, b"OPTIONS sip:probe@edge.test SIP/2.0\r\nVia: x\r\n\r\n"),
+                      (S, b"SIP/2.0 200 OK\r\nContent-Length: 0\r\n\r\n")])
+    assert exs == []
+    assert stats.get("http1", "opaque_foreign_protocol") == 1
+
+
+def test_botched_version_is_cruft_not_a_request() -> None:
+    # zeek http-11-request-then-cruft: "T / HTTP" lines; the server's 400 has no request
+    cruft = b"T / HTTP\n\n"
+    exs, stats = run([(C, GET), (S, OK5), (C, cruft * 4),
+                      (S, b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")])
+    assert [(e.method, e.status) for e in exs] == [("GET", 200), ("", 400)]
+    assert stats.get("http1", "bad_request_line") >= 1
+    # two words only: the target may look like a version (zeek http/methods)
+    exs, _ = run([(C, b"OPTIONS HTTP/1.1\r\n\r\n"), (S, OK5)])
+    assert [(e.method, e.target) for e in exs] == [("OPTIONS", "HTTP/1.1")]

@@ -10,8 +10,9 @@ Rules of this module
   CONNECT) and its status (1xx, 204, 304), then Transfer-Encoding (chunked last: chunked,
   else close-delimited), then Content-Length, else close-delimited (responses) or empty
   (requests). 1xx responses other than 101 are interim and do not consume the request.
-  ``101 Switching Protocols`` and a 2xx answer to ``CONNECT`` turn the rest of the connection
-  opaque (counted, never parsed as HTTP).
+  ``101 Switching Protocols`` hands the rest of the connection to the next protocol's parser
+  when ``on_upgrade`` offers one (h2c), else turns it opaque; after a 2xx answer to
+  ``CONNECT`` plaintext HTTP in the tunnel is parsed, anything else is opaque.
 * Bodies are counted and skipped, never stored. Header blocks are bounded
   (``MAX_HEAD_BYTES``, ``MAX_HEADERS``): larger is an anomaly and a resync.
 * Gaps: inside a Content-Length or chunk body the gap is counted against the body and
@@ -41,6 +42,8 @@ _END_OF_HEAD = re.compile(rb"\r?\n\r?\n")
 # a version that may be odd ("HTTP/1.") or missing (HTTP/0.9 style, taken as 1.0).
 _REQUEST_LINE = re.compile(
     rb"([!-~]{1,24}) +(.*?)(?: +HTTP/([0-9]\.?[0-9]?))? *\r?\n", re.DOTALL)
+# The version word of another protocol that borrows HTTP's request line (SIP, RTSP, ...).
+_FOREIGN_VERSION = re.compile(rb" (?!HTTP/)[A-Z][A-Z0-9-]{1,9}/[0-9]\.[0-9]$")
 GENERIC_REQUEST = re.compile(rb"[A-Z][A-Z0-9_-]{2,23} (?:/|\*|https?://)")
 # Any HTTP/d.d version on a status line: servers (and evasion tests) send 1.2, 2.0 and even
 # 1.01 or 1.10 here, and clients accept it; the exchange keeps the request's version. The
@@ -103,18 +106,19 @@ def body_framing(is_request: bool, method: str, status: int,
     for name, value in headers:
         if name == "transfer-encoding":
             te = value if te is None else te + "," + value
-        elif name == "content-length" and cl is None:
-            cl = value
+        elif name == "content-length":  # repeated fields: all values must agree
+            cl = value if cl is None else cl + "," + value
     if te is not None:
         last = te.rsplit(",", 1)[-1].strip().lower()
         if last == "chunked":
             return "chunked", 0
         return ("close", 0) if not is_request else ("bad", 0)
     if cl is not None:
-        values = {v.strip() for v in cl.split(",")}
+        # 1*DIGIT, leading zeros allowed ("0050" is 50); any other value is an error
+        values = {(v.lstrip("0") or "0") if v else "" for v in map(str.strip, cl.split(","))}
         if len(values) == 1:
             v = values.pop()
-            if v.isdigit() and len(v) < 19:
+            if v.isascii() and v.isdigit() and len(v) < 19:
                 n = int(v)
                 return ("length", n) if n else ("none", 0)
         return "bad", 0
@@ -278,10 +282,20 @@ class _Side:
             elif st == TUNNEL:
                 # after CONNECT 2xx: plaintext HTTP through the tunnel is parsed, else opaque
                 c = self.conn
-                if self.is_request and looks_like_request(chunk[pos : pos + 16]):
+                first = bytes(self.buf) + chunk[pos : pos + 24]
+                if self.is_request and len(first) < 24 and not looks_like_request(first) \
+                        and any(m.startswith(first) for m in METHODS):
+                    self.buf += chunk[pos:]  # "GE": a method split over segments, or not
+                    return
+                if self.is_request and looks_like_request(first):
                     c.stats.add("http1", "tunnel_http")
                     c.client_side.state = c.server_side.state = HEAD
+                    if self.buf:  # replay the bytes held back while deciding
+                        chunk, pos = bytes(self.buf) + chunk[pos:], 0
+                        n = len(chunk)
+                        self.buf.clear()
                 else:
+                    self.buf.clear()
                     if self.is_request:
                         c.go_opaque("connect")
                     else:
@@ -350,6 +364,23 @@ class _Side:
                 return
             method = m.group(1).decode("latin-1")
             version = m.group(3) or b""
+            if first == b"PRI * HTTP/2.0":
+                # the HTTP/2 preface (after CONNECT, or an h2c upgrade whose 101 we missed)
+                c.stats.add("http1", "h2_preface")
+                c.go_opaque("h2_preface")
+                return
+            if not version:
+                if _FOREIGN_VERSION.search(first):
+                    # "OPTIONS sip:x@y SIP/2.0": not HTTP at all; nothing here is ours
+                    c.stats.add("http1", "foreign_protocol")
+                    c.go_opaque("foreign_protocol")
+                    return
+                last = first.rsplit(b" ", 1)[-1]
+                if (last == b"HTTP" or last.startswith(b"HTTP/")) and first.count(b" ") >= 2:
+                    # a version was meant and botched ("T / HTTP"): cruft, not a request
+                    c.stats.add("http1", "bad_request_line")
+                    self._to_resync(b"")
+                    return
             if version != b"1.1" and version != b"1.0":
                 c.stats.add("http1", "odd_request_version")
             msg = Message(first_ts=self.first_ts, last_ts=ts)
