@@ -6,14 +6,30 @@ standard proto3 JSON mapping (OTLP specification, "JSON Protobuf Encoding"): ``t
 ``spanId`` and ``parentSpanId`` are lowercase hex instead of base64, and enums are integers.
 64-bit integers stay decimal strings, as proto3 JSON writes them. This is what the
 Collector's file exporter writes and its ``otlpjsonfile`` receiver reads.
+
+Two encoders give the same text. ``to_json_line(encode(...))`` goes through the proto
+messages and ``json_format`` (pure Python even in protobuf's upb build: 150-300 µs a
+span); it is kept as the *reference*. ``fast_json_line`` builds the identical line directly from the
+SpanRecords by string building (C-accelerated string escaping, cached attribute-key
+prefixes): same keys in the same order (proto field-number order, as ``json_format`` walks
+``ListFields()``), same value encodings (ids lowercase hex, 64-bit integers as decimal
+strings, enums as integers, ``NaN``/``Infinity`` doubles as strings, ``\\uXXXX``-escaped
+non-ASCII like ``json.dumps``), and the same omissions (empty strings, zero numbers and
+empty repeated fields are left out; set sub-messages such as ``status`` and an empty
+``arrayValue`` stay as ``{}``). It raises ``ValueError`` where the proto setters would
+(integers outside int64, times outside uint64, ids that are not hex). tests/test_spans.py
+checks the two byte for byte on hypothesis-generated spans. ``OtlpJsonWriter`` uses the
+fast one (8-13 µs a span, about 20x faster, measured on 20k synthetic spans).
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import math
 import socket
 from collections.abc import Iterable
+from json.encoder import encode_basestring_ascii as _jstr
 from typing import IO, Any
 
 from google.protobuf import json_format
@@ -84,6 +100,130 @@ def to_json_line(req: ExportTraceServiceRequest) -> str:
     return json.dumps(d, separators=(",", ":"))
 
 
+# ---- fast path: SpanRecords -> the same JSON text, without building proto messages ----
+
+_I64_MIN, _I64_MAX, _U64_MAX = -(1 << 63), (1 << 63) - 1, (1 << 64) - 1
+_KEY_PREFIX: dict[str, str] = {}
+_KEY_PREFIX_MAX = 4096
+
+
+def _key_prefix(key: str) -> str:
+    p = _KEY_PREFIX.get(key)
+    if p is None:
+        p = ('{"key":' + _jstr(key) + ',"value":') if key else '{"value":'
+        if len(_KEY_PREFIX) >= _KEY_PREFIX_MAX:
+            _KEY_PREFIX.clear()
+        _KEY_PREFIX[key] = p
+    return p
+
+
+def _fast_any(v: Any) -> str:
+    t = type(v)
+    if t is str:
+        return '{"stringValue":' + _jstr(v) + "}"
+    if t is bool:
+        return '{"boolValue":true}' if v else '{"boolValue":false}'
+    if t is int:
+        if not _I64_MIN <= v <= _I64_MAX:
+            raise ValueError(f"integer attribute out of int64 range: {v}")
+        return '{"intValue":"' + str(v) + '"}'
+    if t is float:
+        return '{"doubleValue":' + _fast_double(v) + "}"
+    # subclasses and everything else, in the same order of tests as _any()
+    if isinstance(v, bool):
+        return _fast_any(bool(v))
+    if isinstance(v, int):
+        return _fast_any(int(v))
+    if isinstance(v, float):
+        return _fast_any(float(v))
+    if isinstance(v, (list, tuple)):
+        if not v:
+            return '{"arrayValue":{}}'
+        return '{"arrayValue":{"values":[' + ",".join(_fast_any(x) for x in v) + "]}}"
+    return '{"stringValue":' + _jstr(str(v)) + "}"
+
+
+def _fast_double(v: float) -> str:
+    if math.isinf(v):
+        return '"-Infinity"' if v < 0 else '"Infinity"'
+    if math.isnan(v):
+        return '"NaN"'
+    return float.__repr__(v)
+
+
+def _fast_kvs(attrs: dict[str, Any]) -> str:
+    out = []
+    append = out.append
+    prefixes = _KEY_PREFIX
+    for k, v in attrs.items():
+        p = prefixes.get(k) or _key_prefix(k)
+        t = type(v)
+        if t is str:
+            append(p + '{"stringValue":' + _jstr(v) + "}}")
+        elif t is int and _I64_MIN <= v <= _I64_MAX:
+            append(p + '{"intValue":"' + str(v) + '"}}')
+        else:
+            append(p + _fast_any(v) + "}")
+    return ",".join(out)
+
+
+def _hex(s: str) -> str:
+    return bytes.fromhex(s).hex()
+
+
+def _u64(v: int) -> int:
+    v = int(v)
+    if not 0 <= v <= _U64_MAX:
+        raise ValueError(f"time out of uint64 range: {v}")
+    return v
+
+
+def _fast_span(s: SpanRecord) -> str:
+    parts = []
+    tid = _hex(s.trace_id)
+    if tid:
+        parts.append('"traceId":"' + tid + '"')
+    sid = _hex(s.span_id)
+    if sid:
+        parts.append('"spanId":"' + sid + '"')
+    if s.trace_state:
+        parts.append('"traceState":' + _jstr(s.trace_state))
+    if s.parent_span_id:
+        pid = _hex(s.parent_span_id)
+        if pid:
+            parts.append('"parentSpanId":"' + pid + '"')
+    if s.name:
+        parts.append('"name":' + _jstr(s.name))
+    if s.kind:
+        parts.append('"kind":' + str(int(s.kind)))
+    start = _u64(s.start_ns)
+    end = _u64(max(s.end_ns, s.start_ns))
+    if start:
+        parts.append('"startTimeUnixNano":"' + str(start) + '"')
+    if end:
+        parts.append('"endTimeUnixNano":"' + str(end) + '"')
+    if s.attributes:
+        parts.append('"attributes":[' + _fast_kvs(s.attributes) + "]")
+    st = []
+    if s.status_message:
+        st.append('"message":' + _jstr(s.status_message))
+    if s.status_code:
+        st.append('"code":' + str(int(s.status_code)))
+    parts.append('"status":{' + ",".join(st) + "}")
+    return "{" + ",".join(parts) + "}"
+
+
+def fast_json_line(spans: Iterable[SpanRecord], resource: dict[str, Any],
+                   version: str = "") -> str:
+    """``to_json_line(encode(spans, resource, version))``, built directly (see module doc)."""
+    res = ('{"attributes":[' + _fast_kvs(resource) + "]}") if resource else "{}"
+    scope = '{"name":' + _jstr(SCOPE_NAME) + (
+        (',"version":' + _jstr(version)) if version else "") + "}"
+    body = ",".join([_fast_span(s) for s in spans])
+    return ('{"resourceSpans":[{"resource":' + res + ',"scopeSpans":[{"scope":' + scope
+            + ((',"spans":[' + body + "]") if body else "") + "}]}]}")
+
+
 def default_resource(service_name: str) -> dict[str, Any]:
     return {"service.name": service_name, "host.name": socket.gethostname()}
 
@@ -107,11 +247,12 @@ class OtlpJsonWriter:
 
     def flush(self) -> None:
         if self.pending:
-            self.out.write(to_json_line(encode(self.pending, self.resource, self.version)))
+            self.out.write(fast_json_line(self.pending, self.resource, self.version))
             self.out.write("\n")
             self.written += len(self.pending)
             self.pending = []
         self.out.flush()
 
 
-__all__ = ["OtlpJsonWriter", "Span", "default_resource", "encode", "to_json_line"]
+__all__ = ["OtlpJsonWriter", "Span", "default_resource", "encode", "fast_json_line",
+           "to_json_line"]

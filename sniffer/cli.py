@@ -24,6 +24,7 @@ _EPILOG_REPLAY = """\
 examples:
   wirespan replay pcaps/sample-http1.pcap
   wirespan replay -o spans.jsonl --spans all pcaps/sample-http1.pcap
+  wirespan replay --otlp-endpoint http://127.0.0.1:4318 pcaps/sample-http1.pcap
   wirespan replay --json eth0.pcap lo.pcapng.gz      merge two interfaces by time
   tcpdump -i any -w - 'tcp port 8080' | wirespan replay -
 
@@ -65,9 +66,24 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument("--json", action="store_true",
                    help="print the summary as one JSON object instead of a table")
     r.add_argument("-o", "--output", metavar="PATH",
-                   help="write spans to PATH ('-' for standard output) as OTLP/JSON lines")
-    r.add_argument("--format", choices=["otlp-json"], default="otlp-json",
-                   help="span output format (default: otlp-json)")
+                   help="write spans to PATH ('-' for standard output), in --format")
+    r.add_argument("--format", choices=["otlp-json", "zipkin-json"], default="otlp-json",
+                   help="span file format for -o: otlp-json (one ExportTraceServiceRequest "
+                        "per line, default) or zipkin-json (one Zipkin v2 span array per line)")
+    r.add_argument("--otlp-endpoint", metavar="URL",
+                   help="send spans to an OTLP collector, e.g. http://127.0.0.1:4318")
+    r.add_argument("--otlp-protocol", choices=["http/protobuf", "grpc"],
+                   default="http/protobuf",
+                   help="OTLP transport (default: http/protobuf, port 4318; grpc: port 4317)")
+    r.add_argument("--zipkin-endpoint", metavar="URL",
+                   help="send spans to a Zipkin server (POST URL/api/v2/spans), "
+                        "e.g. http://127.0.0.1:9411")
+    r.add_argument("--export-queue", type=int, default=10_000, metavar="N",
+                   help="spans held for an endpoint before new ones are dropped "
+                        "(default: 10000)")
+    r.add_argument("--export-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="at the end, wait at most this long to deliver queued spans "
+                        "(default: 10)")
     r.add_argument("--spans", choices=["traced", "all", "proxy"], default="traced",
                    help="which spans: traced = exchanges carrying a trace context (default); "
                         "all = every exchange (synthetic trace ids where none); proxy = "
@@ -146,29 +162,27 @@ def _replay(args: argparse.Namespace) -> int:
     if show is None:
         total = sum(os.path.getsize(f) for f in args.files if f != "-" and os.path.isfile(f))
         show = sys.stderr.isatty() and total >= PROGRESS_MIN_BYTES
-    out: Any = None
-    on_exchange = None
     writer = None
-    if args.output:
-        from exporter.otlp_json import OtlpJsonWriter, default_resource
+    if args.output or args.otlp_endpoint or args.zipkin_endpoint:
+        from exporter.outputs import SpanOutputs
         from exporter.spans import SpanBuilder
 
-        if args.output == "-":
-            out = sys.stdout
-        else:
-            try:
-                out = open(args.output, "w", encoding="utf-8")  # noqa: SIM115
-            except OSError as e:
-                raise WirespanError(f"{args.output}: cannot write spans: {e.strerror}",
-                                    "choose a writable path, or '-' for stdout") from None
-        writer = OtlpJsonWriter(out, default_resource(args.service_name), version=__version__)
+        writer = SpanOutputs.open(  # the -o file and/or the endpoints' exporters
+            output=args.output, fmt=args.format, otlp_endpoint=args.otlp_endpoint,
+            otlp_protocol=args.otlp_protocol, zipkin_endpoint=args.zipkin_endpoint,
+            service_name=args.service_name, version=__version__, max_queue=args.export_queue)
         build = SpanBuilder(args.spans, args.keep_query)
 
-        def on_exchange(ex: Any) -> None:
-            span = build(ex)
+        def on_hop(hop: Any) -> None:
+            writer.add(build.hop(hop))
+
+        def on_unmatched(ex: Any, ctx: Any) -> None:
+            span = build.exchange(ex, ctx)
             if span is not None:
                 writer.add(span)
-    kw: dict[str, Any] = {"count": args.count, "on_exchange": on_exchange}
+    kw: dict[str, Any] = {"count": args.count}
+    if writer is not None:
+        kw.update(on_hop=on_hop, on_unmatched=on_unmatched)
     if show:
         from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
                                    TimeRemainingColumn)
@@ -185,10 +199,10 @@ def _replay(args: argparse.Namespace) -> int:
     else:
         summary = run_replay(args.files, **kw)
     if writer is not None:
-        writer.flush()
-        summary.extra["spans_written"] = writer.written
-        if out is not sys.stdout:
-            out.close()
+        writer.close(args.export_timeout)
+        summary.extra.update(writer.summary())
+        for msg in writer.warnings():
+            print(f"{PROG}: warning: {msg}", file=sys.stderr)
     _warn_capture_problems(summary)
     if args.output == "-":  # stdout carries the spans: the summary goes to stderr
         if args.json:

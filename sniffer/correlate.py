@@ -20,7 +20,7 @@ Rules of this module (``../shared/DESIGN.md``, "Proxies and dwell time")
   too); of several direct ones (retries) the one whose response started last is the one
   the proxy forwarded. A leg is the upstream of at most one hop. When one trace id is
   reused by concurrent requests, the candidate forwarded soonest wins and the hop says
-  ``wirespan.match.ambiguous``.
+  ``wirespan.match.ambiguous`` (greedy, so a few such legs may find theirs taken).
 * Times at the proxy: of a leg's observations, the proxy received D's request last and sent
   D's response first, sent U's request first and received U's response last; taking those
   keeps network time between capture points out of the dwell:
@@ -133,8 +133,53 @@ def _direction(d: Exchange, u: Exchange) -> str:
     return ""
 
 
-def _by_nesting(leg: Leg) -> tuple[int, int]:
-    return leg.req_first_min, -leg.resp_first_max
+def _level(leg: Leg) -> tuple:
+    """Which step of a chain a leg can be: its server, and whether it runs inside one pod
+    (a sidecar's leg to its app reuses the address the caller dialled)."""
+    ex = leg.ex
+    return ex.server, ex.client[0] == ex.server[0]
+
+
+def _direct(cands: list[Leg]) -> tuple[list[Leg], int]:
+    """The candidates that are direct children of the downstream leg -> (the free ones, how
+    many are already another leg's upstream). A candidate nested in time inside a candidate
+    to another server is further down a chain (its parent's upstream), not ours; candidates
+    to the same server (at the same level, see ``_level``) are siblings — concurrent
+    requests — and never hide each other."""
+    if len(cands) == 1:
+        u = cands[0]
+        return ([], 1) if u.used_as_upstream else ([u], 0)
+    groups: dict[tuple, list[Leg]] = {}
+    for u in cands:
+        groups.setdefault(_level(u), []).append(u)
+    # per server: request starts (sorted) and the running max of response starts
+    spans = {}
+    for srv, g in groups.items():
+        g.sort(key=lambda v: v.req_first_min)
+        starts = [v.req_first_min for v in g]
+        reach, best = [], -1
+        for v in g:
+            best = max(best, v.resp_first_max)
+            reach.append(best)
+        spans[srv] = (starts, reach)
+    free, taken = [], 0
+    for u in cands:
+        hidden = False
+        level = _level(u)
+        for srv, (starts, reach) in spans.items():
+            if srv == level:
+                continue
+            i = bisect.bisect_right(starts, u.req_first_min)
+            if i and reach[i - 1] >= u.resp_first_max:
+                hidden = True
+                break
+        if hidden:
+            continue
+        if u.used_as_upstream:
+            taken += 1
+        else:
+            free.append(u)
+    return free, taken
 
 
 class ProxyStats:
@@ -235,8 +280,9 @@ class Correlator:
             self._index(leg, ("t", ctx.trace_id, ex.method, path))
         if ctx is not None and ctx.request_id:
             self._index(leg, ("r", ctx.request_id, ex.method, path))
-        if ctx is None:
-            self._index(leg, ("m", ex.method, path))
+        # every leg is a timing candidate: a proxy may add a request id or start a trace on
+        # the upstream leg of a request that arrived with neither
+        self._index(leg, ("m", ex.method, path))
         self.pending.append(leg)
         self.window.append(leg)
         self._advance(leg.end)
@@ -284,20 +330,26 @@ class Correlator:
         hi = bisect.bisect_right(starts, d.resp_first_max, lo)
         out = []
         for u in legs[lo:min(hi, lo + MAX_CANDIDATES * 4)]:
-            if (u is d or u.used_as_upstream or u.done
+            if (u is d or u.done
                     or u.resp_first_min > d.resp_first_max or u.req_first_max < d.req_first_min):
                 continue
             ux, dx = u.ex, d.ex
-            if ux.server == dx.server or ux.client == dx.client:
-                continue  # a proxy does not forward to itself, nor on the caller's connection
-            if not (ux.client[0] == dx.server[0] or _is_loopback(ux.client[0])
-                    or _is_loopback(dx.server[0])):
-                continue  # the upstream leg must leave the host the downstream leg reached
-            if (ux.server, dx.server) in self.edges:
+            if ux.client == dx.client:
+                continue  # not on the caller's own connection
+            if ux.server == dx.server:
+                # a proxy does not forward to itself, except a sidecar behind an inbound
+                # REDIRECT: the caller dialled podIP:8080 and the proxy hands the request to
+                # the app at that same address, from inside the pod (over lo)
+                if ux.client[0] != ux.server[0] or dx.client[0] == dx.server[0]:
+                    continue
+            elif (ux.server, dx.server) in self.edges:
                 # the candidate's server is known to forward to this leg's server: this leg
                 # is downstream of it, not the other way round (concurrent requests that
                 # share one trace id would otherwise pair up backwards)
                 continue
+            if not (ux.client[0] == dx.server[0] or _is_loopback(ux.client[0])
+                    or _is_loopback(dx.server[0])):
+                continue  # the upstream leg must leave the host the downstream leg reached
             out.append(u)
             if len(out) >= MAX_CANDIDATES:
                 break
@@ -318,18 +370,15 @@ class Correlator:
             cands = self._candidates(d, key)
             if not cands:
                 continue
-            # direct children only: drop candidates nested inside another candidate (one
-            # sweep by request start, keeping the latest response start seen so far)
-            direct = []
-            reach = -1
-            for u in sorted(cands, key=_by_nesting):
-                if u.resp_first_max > reach:
-                    direct.append(u)
-                    reach = u.resp_first_max
-            if kind == "timing" and len(direct) != 1:
+            direct, taken = _direct(cands)
+            if not direct:
+                continue
+            if kind == "timing" and (len(direct) != 1 or taken):
                 self.stats.add("correlate", "timing_ambiguous" if direct else "no_match")
                 continue
-            ambiguous = False
+            # the key is shared by other requests in flight (a reused trace id): the pairing
+            # rests on timing, and says so
+            ambiguous = taken > 0 and kind != "timing"
             if len(direct) > 1:
                 # retries share an id but run one after another; concurrent requests that
                 # reuse one id overlap: then the one forwarded soonest is taken, and said so
@@ -337,6 +386,8 @@ class Correlator:
                                   and b.req_first_min < a.resp_first_max
                                   for i, a in enumerate(direct) for b in direct[i + 1:])
                 if overlapping:
+                    # (greedy: under heavy reuse of one id a leg may find its upstream taken
+                    # by an earlier one and stay unmatched; counted as no_match)
                     ambiguous = True
                     u = min(direct, key=lambda v: v.req_first_min)
                 else:
@@ -355,7 +406,10 @@ class Correlator:
         u_req = u.req_first_min
         u_resp = u.resp_first_max
         connect = 0
-        syn, synack = ux.syn_ts, ux.synack_ts
+        # the handshake as the proxy saw it: from the observation of U nearest the proxy
+        # (the one that saw its request first), not one across a delayed link
+        near = min(u.obs, key=lambda o: o.request.first_ts)
+        syn, synack = near.syn_ts, near.synack_ts
         if syn and synack and syn >= d.req_first_min and synack >= syn:
             connect = synack - syn  # the proxy dialled after the request: network time
         hop = Hop(

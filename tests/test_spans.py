@@ -132,3 +132,84 @@ def test_hex_ids_round_trip_base64_view() -> None:
     for sp in spans:
         assert bytes.fromhex(sp["traceId"]).hex() == sp["traceId"]
         assert base64.b64decode(sp["traceId"] + "=" * (-len(sp["traceId"]) % 4))
+
+
+# ---- the fast OTLP/JSON encoder gives exactly the json_format reference's text ----
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from exporter.otlp_json import encode, fast_json_line, to_json_line  # noqa: E402
+from exporter.spans import SpanRecord  # noqa: E402
+
+_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=12)  # valid UTF-8
+_int64 = st.one_of(st.integers(-(1 << 63), (1 << 63) - 1),
+                   st.sampled_from([0, -1, 1, -(1 << 63), (1 << 63) - 1, 1 << 53, -(1 << 53) - 1]))
+_float = st.one_of(st.floats(allow_nan=True, allow_infinity=True),
+                   st.sampled_from([0.0, -0.0, 1.0, 1e100, 5e-324, float("nan"), float("inf"),
+                                    float("-inf"), 0.1]))
+_scalar = st.one_of(_text, st.booleans(), _int64, _float)
+_value = st.recursive(_scalar, lambda inner: st.lists(inner, max_size=4)
+                      | st.tuples(inner, inner), max_leaves=8)
+_attrs = st.dictionaries(st.one_of(_text, st.sampled_from(["", "http.request.method",
+                                                           "server.port", "é"])),
+                         _value, max_size=8)
+_u64 = st.one_of(st.integers(0, (1 << 64) - 1), st.sampled_from([0, 1, (1 << 64) - 1]))
+_hexid = lambda n: st.one_of(st.binary(min_size=n, max_size=n).map(bytes.hex),  # noqa: E731
+                             st.binary(min_size=n, max_size=n).map(lambda b: b.hex().upper()),
+                             st.just(""))
+_spans = st.builds(
+    SpanRecord, trace_id=_hexid(16), span_id=_hexid(8), parent_span_id=_hexid(8), name=_text,
+    kind=st.integers(0, 5), start_ns=_u64, end_ns=_u64, status_code=st.integers(0, 2),
+    status_message=_text, attributes=_attrs, trace_state=_text)
+
+
+def _b64_ids(line: str) -> str:
+    """OTLP/JSON hex ids -> the base64 that proto3 JSON (json_format.Parse) expects."""
+    d = json.loads(line)
+    for rs in d["resourceSpans"]:
+        for ss in rs["scopeSpans"]:
+            for sp in ss.get("spans", []):
+                for k in ("traceId", "spanId", "parentSpanId"):
+                    if k in sp:
+                        sp[k] = base64.b64encode(bytes.fromhex(sp[k])).decode()
+    return json.dumps(d)
+
+
+def _nan_safe(o: object) -> object:  # NaN != NaN: compare parsed objects on their repr
+    return json.dumps(o, sort_keys=False)
+
+
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(spans=st.lists(_spans, max_size=4), resource=_attrs,
+       version=st.one_of(st.just(""), _text))
+def test_fast_otlp_json_equals_json_format(spans: list[SpanRecord], resource: dict,
+                                           version: str) -> None:
+    ref = to_json_line(encode(spans, resource, version))
+    fast = fast_json_line(spans, resource, version)
+    assert fast == ref  # the exact line: keys, order, escapes, number formats
+    assert _nan_safe(json.loads(fast)) == _nan_safe(json.loads(ref))
+    req = json_format.Parse(_b64_ids(fast), ExportTraceServiceRequest())
+    assert to_json_line(req) == ref  # parses to the same message (NaN != NaN, so by its text)
+    assert len(req.resource_spans[0].scope_spans[0].spans) == len(spans)
+
+
+def test_fast_otlp_json_rejects_what_the_proto_rejects() -> None:
+    import pytest
+
+    base = dict(trace_id="ab" * 16, span_id="cd" * 8, parent_span_id="", name="n", kind=3,
+                start_ns=1, end_ns=2, status_code=0)
+    for bad in (dict(attributes={"x": 1 << 63}), dict(attributes={"x": [-(1 << 63) - 1]}),
+                dict(start_ns=-1), dict(end_ns=1 << 64), dict(trace_id="zz")):
+        s = SpanRecord(**{**base, **bad})  # type: ignore[arg-type]
+        with pytest.raises(ValueError):
+            encode([s], {})
+        with pytest.raises(ValueError):
+            fast_json_line([s], {})
+
+
+def test_otlp_json_writer_uses_the_fast_path_on_real_spans() -> None:
+    _, lines = spans_of(str(SAMPLE), "--spans", "all")
+    for line in lines:
+        req = json_format.Parse(_b64_ids(line), ExportTraceServiceRequest())
+        assert to_json_line(req) == line  # reference encoding of what we parsed = our line
