@@ -142,10 +142,41 @@ def _print_table(s: Summary) -> None:
                                                        for k, v in d["protocols"].items()))
     if d.get("parse_errors"):
         t.add_row("parse errors", ", ".join(f"{k} {v:,}" for k, v in d["parse_errors"].items()))
+    if d.get("grpc_calls"):
+        t.add_row("gRPC calls", f"{d['grpc_calls']:,}")
+    if d.get("tls_connections"):
+        tls = d.get("tls") or {}
+        t.add_row("TLS connections", f"{d['tls_connections']:,} ({tls.get('sni', 0):,} with SNI; "
+                  + ", ".join(f"{k} {v:,}" for k, v in (tls.get("versions") or {}).items())
+                  + ")")
     if "spans_written" in d:
         t.add_row("spans written", f"{d['spans_written']:,}")
+    if "spans_exported" in d:
+        dropped = sum((d.get("spans_dropped") or {}).values())
+        t.add_row("spans exported", f"{d['spans_exported']:,} ({dropped:,} dropped)")
     t.add_row("speed", f"{s.packets_per_s:,.0f} packets/s ({s.elapsed_s:.2f} s)")
     console.print(t)
+    proxies = d.get("proxies") or []
+    if proxies:
+        pt = Table(title="proxies", title_justify="left", box=None, pad_edge=False)
+        for col in ("address", "requests", "matched by", "request dwell p50/p90/p99/max",
+                    "response dwell p50/p90/p99/max"):
+            pt.add_column(col, justify="right" if col == "requests" else "left")
+        for p in proxies:
+            pt.add_row(p["address"], f"{p['requests']:,}",
+                       ", ".join(f"{k} {v:,}" for k, v in p["match_kinds"].items()),
+                       _dwell(p["request_dwell_ns"]), _dwell(p["response_dwell_ns"]))
+        console.print(pt)
+
+
+def _ms(ns: int) -> str:
+    return f"{ns / 1e6:.2f}"
+
+
+def _dwell(pct: dict) -> str:
+    if not pct:
+        return "-"
+    return " / ".join(_ms(pct[k]) for k in ("p50", "p90", "p99", "max")) + " ms"
 
 
 def _warn_capture_problems(s: Summary) -> None:

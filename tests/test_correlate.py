@@ -6,11 +6,14 @@ from __future__ import annotations
 import json
 from ipaddress import ip_address
 
-from conftest import Conv, write_pcap
+import pytest
+
+from conftest import ROOT, Conv, write_pcap
 from exporter.spans import proxy_span
 from sniffer.cli import main
 from sniffer.correlate import Correlator, Hop
 from sniffer.exchange import Exchange, Message
+from sniffer.pipeline import run_replay
 
 MS = 1_000_000
 T = 1_700_000_000 * 1_000_000_000
@@ -208,3 +211,38 @@ def test_replay_writes_proxy_spans_and_the_proxies_table(tmp_path, capsys) -> No
     assert span["traceId"] == TRACE and span["parentSpanId"] == "00f067aa0ba902b7"
     # the proxy dialled after the request came in: SYN -> SYN-ACK (one 1 ms step) is network
     assert int(attrs["wirespan.proxy.upstream_connect_ns"]["intValue"]) == 1 * MS
+
+
+# -- the bundled lab captures (pcaps/*/, made by scripts/lab; no root needed) -----------------
+
+BUNDLED = sorted(p.name for p in (ROOT / "pcaps").iterdir() if (p / "truth.json").exists())
+
+
+@pytest.mark.parametrize("name", BUNDLED)
+def test_bundled_lab_captures_match_their_truth(name: str, tmp_path) -> None:
+    """Every proxy the truth names is found with one hop per request; every traced request's
+    proxy span at each proxy carries the client's trace id and the span id that reached it;
+    haproxy's request dwell is within 3 ms of the delay it slept."""
+    folder = ROOT / "pcaps" / name
+    truth = json.loads((folder / "truth.json").read_text())
+    hops: list[Hop] = []
+    summary = run_replay(sorted(str(p) for p in folder.glob("*.pcap")), on_hop=hops.append)
+    found = {p["address"]: p for p in summary.to_dict()["proxies"]}
+    reqs = truth["requests"]
+    for proxy in truth["proxies"]:
+        assert proxy["address"] in found, (proxy, found)
+        assert found[proxy["address"]]["requests"] == len(reqs), (proxy, found)
+    by_trace = {}
+    for h in hops:
+        if h.down.ctx is not None and h.down.ctx.format != "request-id":
+            by_trace.setdefault((h.down.ctx.trace_id, h.proxy_address), []).append(h)
+    for r in reqs:
+        tr = r["trace"]
+        if not tr.get("trace_id"):
+            continue
+        for hop in r["hops"]:
+            (h,) = by_trace[(tr["trace_id"], hop["address"])]
+            assert h.down.ctx.span_id == hop["span_id_in"], (name, r["id"], hop)
+            assert h.span_id_rewritten == (hop["span_id_in"] != hop["span_id_out"])
+            if hop.get("slept_ms") is not None:
+                assert abs(h.request_dwell_ns - hop["slept_ms"] * MS) <= 3 * MS, (r["id"], hop)

@@ -9,7 +9,7 @@ Rules of this module
 * Framing is our own: the 9-byte frame header is read from the reassembled stream; DATA
   payloads are counted and skipped (never copied, never stored); other frames are buffered
   up to ``MAX_FRAME_BUFFER`` (more is a frame-size bomb: the connection is marked broken).
-  Measured against ``hyperframe`` on bench.pcap before choosing (see docs/http2.md).
+  Measured against ``hyperframe`` on bench.pcap (scripts/bench_http2.py, docs/http2.md).
 * HPACK: one ``hpack_decode.Decoder`` per direction, fed every header block in order
   (HEADERS + CONTINUATION, PUSH_PROMISE), honouring SETTINGS_HEADER_TABLE_SIZE from the
   decoding peer and the encoder's table size updates.
