@@ -40,7 +40,7 @@ def run_child(cmd: list[str]) -> tuple[float, int, str]:
         chunks.append(chunk)
     _, _status, ru = os.wait4(p.pid, 0)
     p.returncode = 0
-    return time.perf_counter() - t0, ru.ru_maxrss // 1024, b"".join(chunks).decode("replace")
+    return time.perf_counter() - t0, ru.ru_maxrss // 1024, b"".join(chunks).decode(errors="replace")
 
 
 def main() -> int:

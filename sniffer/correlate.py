@@ -117,8 +117,21 @@ class Hop:
     extra: dict = field(default_factory=dict)
 
 
+_EP_TEXT: dict[tuple[bytes, int], str] = {}
+
+
 def _ip(addr: bytes) -> str:
     return str(ipaddress.ip_address(addr))
+
+
+def _ep(ep: tuple[bytes, int]) -> str:
+    """``ip:port`` of an endpoint (memoised: a node has few proxy and upstream endpoints)."""
+    s = _EP_TEXT.get(ep)
+    if s is None:
+        if len(_EP_TEXT) > 4096:
+            _EP_TEXT.clear()
+        s = _EP_TEXT[ep] = f"{_ip(ep[0])}:{ep[1]}"
+    return s
 
 
 def _is_loopback(addr: bytes) -> bool:
@@ -245,6 +258,8 @@ class Correlator:
         self.same_leg: dict[tuple, list[Leg]] = {}
         self.proxies = ProxyStats()
         self.hops = 0
+        self._dead = 0  # legs evicted since the index was last compacted
+        self._ctx_memo: dict[int, tuple[list, TraceContext | None]] = {}
         self.edges: set[tuple] = set()  # (proxy endpoint, upstream endpoint) of hops seen
 
     # -- input -----------------------------------------------------------------------------
@@ -268,11 +283,22 @@ class Correlator:
                 self.stats.add("correlate", "observations_merged")
                 self._advance(leg.end)
                 return
-        leg = Leg(ex, extract(ex.request.headers))
+        headers = ex.request.headers
+        memo = self._ctx_memo.get(id(headers))
+        if memo is not None and memo[0] is headers:
+            ctx = memo[1]  # HTTP/2 repeats share one decoded header list: parse it once
+        else:
+            ctx = extract(headers)
+            if len(self._ctx_memo) >= 256:
+                self._ctx_memo.clear()
+            self._ctx_memo[id(headers)] = (headers, ctx)
+        leg = Leg(ex, ctx)
         if legs is None:
             self.same_leg[ident] = [leg]
         else:
             legs.append(leg)
+            if len(legs) > 16:
+                del legs[:-8]  # only the most recent are ever looked at
         leg.keys.append(("s", ident))
         ctx = leg.ctx
         path = ex.path
@@ -280,9 +306,10 @@ class Correlator:
             self._index(leg, ("t", ctx.trace_id, ex.method, path))
         if ctx is not None and ctx.request_id:
             self._index(leg, ("r", ctx.request_id, ex.method, path))
-        # every leg is a timing candidate: a proxy may add a request id or start a trace on
-        # the upstream leg of a request that arrived with neither
-        self._index(leg, ("m", ex.method, path))
+        # a leg without a trace id is a timing candidate: it may be the upstream of an
+        # untraced request whose proxy added a request id (nginx's $request_id, Envoy)
+        if ctx is None or ctx.format == "request-id":
+            self._index(leg, ("m", ex.method, path))
         self.pending.append(leg)
         self.window.append(leg)
         self._advance(leg.end)
@@ -319,6 +346,7 @@ class Correlator:
             self._match(self.pending.popleft())
         while self.window:
             self._evict(self.window.popleft())
+        self._compact()
 
     # -- matching ----------------------------------------------------------------------------
     def _candidates(self, d: Leg, key: tuple) -> list[Leg]:
@@ -419,9 +447,8 @@ class Correlator:
             upstream_duration_ns=u.resp_last_max - u_req,
             upstream_connect_ns=connect,
             start_ns=d_req, end_ns=max(d.resp_last_min, d_resp),
-            proxy_address=f"{_ip(dx.server[0])}:{dx.server[1]}",
-            upstream_address=(f"{_ip(ux.dialled[0])}:{ux.dialled[1]}" if ux.dialled else
-                              f"{_ip(ux.server[0])}:{ux.server[1]}"),
+            proxy_address=_ep(dx.server),
+            upstream_address=_ep(ux.dialled or ux.server),
             direction=_direction(dx, ux),
             span_id_rewritten=bool(d.ctx and u.ctx and d.ctx.span_id != u.ctx.span_id),
             retries=retries,
@@ -441,27 +468,25 @@ class Correlator:
         for key in leg.keys:
             if key[0] == "s":
                 lst = self.same_leg.get(key[1])
-                if lst is not None:
-                    if lst[0] is leg:  # legs leave in arrival order: usually the first
-                        del lst[0]
-                    elif leg in lst:
-                        lst.remove(leg)
-                    if not lst:
-                        del self.same_leg[key[1]]
-                continue
-            entry = self.index.get(key)
-            if entry is None:
-                continue
-            starts, legs = entry
-            i = bisect.bisect_left(starts, leg.req_first_min)
-            while i < len(legs) and legs[i] is not leg:
-                i += 1
-            if i < len(legs):
-                del starts[i], legs[i]
-            if not legs:
-                del self.index[key]
+                if lst is not None and lst[-1] is leg:  # the newest with this identity
+                    del self.same_leg[key[1]]
+            # index entries are dropped lazily: done legs are skipped by _candidates, and
+            # the lists are compacted once as many legs have left as the window holds
+        self._dead += 1
+        if self._dead > self.max_legs:
+            self._compact()
         if not leg.in_hop:
             self._out(leg.obs[0], leg.ctx)  # one exchange, however many points saw it
+
+    def _compact(self) -> None:
+        self._dead = 0
+        for key in list(self.index):
+            starts, legs = self.index[key]
+            keep = [i for i, v in enumerate(legs) if not v.done]
+            if not keep:
+                del self.index[key]
+            elif len(keep) < len(legs):
+                self.index[key] = ([starts[i] for i in keep], [legs[i] for i in keep])
 
     def _out(self, ex: Exchange, ctx: TraceContext | None) -> None:
         if self.on_exchange is not None:

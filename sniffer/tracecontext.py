@@ -757,6 +757,8 @@ def _extract(headers: HeaderPairs) -> TraceContext | None:
     if not valid:
         return None
     winner = valid[0]
+    if len(valid) == 1:
+        return winner  # (each parser already fills request_id and all_formats for itself)
     return replace(
         winner,
         request_id=request.request_id if request is not None else "",
