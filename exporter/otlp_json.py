@@ -229,7 +229,12 @@ def default_resource(service_name: str) -> dict[str, Any]:
 
 
 class OtlpJsonWriter:
-    """Writes spans as OTLP/JSON lines, ``batch`` spans per line. The only file writer here."""
+    """Writes spans as OTLP/JSON lines, ``batch`` spans per line (``encode_line`` makes one
+    line of a batch; other line formats subclass it)."""
+
+    @staticmethod
+    def encode_line(spans: list[SpanRecord], resource: dict[str, Any], version: str) -> str:
+        return fast_json_line(spans, resource, version)
 
     def __init__(self, out: IO[str], resource: dict[str, Any], batch: int = 256,
                  version: str = "") -> None:
@@ -247,7 +252,7 @@ class OtlpJsonWriter:
 
     def flush(self) -> None:
         if self.pending:
-            self.out.write(fast_json_line(self.pending, self.resource, self.version))
+            self.out.write(self.encode_line(self.pending, self.resource, self.version))
             self.out.write("\n")
             self.written += len(self.pending)
             self.pending = []

@@ -153,16 +153,20 @@ def _ident(ex: Exchange) -> tuple:
     return ident
 
 
+def _trace(ctx: TraceContext | None, digest: bytes, attrs: dict[str, Any]) -> tuple[str, str]:
+    """(trace id, parent span id): the headers', or one derived from the observation."""
+    if ctx is not None:
+        attrs["wirespan.trace.format"] = ctx.format
+        return ctx.trace_id, ctx.span_id
+    attrs["wirespan.trace.synthetic"] = True
+    return digest[8:24].hex(), ""
+
+
 def exchange_span(ex: Exchange, ctx: TraceContext | None, keep_query: bool = False
                   ) -> SpanRecord:
     d = _digest(*_ident(ex))
     attrs: dict[str, Any] = {"wirespan.span.role": "exchange"}
-    if ctx is not None:
-        trace_id, parent = ctx.trace_id, ctx.span_id
-        attrs["wirespan.trace.format"] = ctx.format
-    else:
-        trace_id, parent = d[8:24].hex(), ""
-        attrs["wirespan.trace.synthetic"] = True
+    trace_id, parent = _trace(ctx, d, attrs)
     name, status, message, end = _http_attrs(ex, ctx, keep_query, attrs)
     return SpanRecord(trace_id=trace_id, span_id=d[:8].hex(), parent_span_id=parent,
                       name=name, kind=KIND_CLIENT,
@@ -178,12 +182,7 @@ def proxy_span(hop: Hop, keep_query: bool = False) -> SpanRecord:
     d = _digest("proxy", *_ident(dx), *_ident(ux))
     ctx = hop.down.ctx
     attrs: dict[str, Any] = {"wirespan.span.role": "proxy"}
-    if ctx is not None:
-        trace_id, parent = ctx.trace_id, ctx.span_id
-        attrs["wirespan.trace.format"] = ctx.format
-    else:
-        trace_id, parent = d[8:24].hex(), ""
-        attrs["wirespan.trace.synthetic"] = True
+    trace_id, parent = _trace(ctx, d, attrs)
     name, status, message, _end = _http_attrs(dx, ctx, keep_query, attrs)
     attrs.update({
         "wirespan.proxy.request_dwell_ns": hop.request_dwell_ns,

@@ -34,7 +34,7 @@ from collections.abc import Iterable, Sequence
 from typing import IO, Any
 
 from ._http import HttpPoster, split_url
-from .otlp_json import SCOPE_NAME
+from .otlp_json import SCOPE_NAME, OtlpJsonWriter
 from .spans import STATUS_ERROR, STATUS_OK, SpanRecord
 
 ZIPKIN_DEFAULT_PORT = 9411
@@ -114,27 +114,12 @@ def zipkin_json(spans: Iterable[SpanRecord], resource: dict[str, Any], version: 
                       separators=(",", ":"), ensure_ascii=False)
 
 
-class ZipkinJsonWriter:
+class ZipkinJsonWriter(OtlpJsonWriter):
     """Writes spans as Zipkin v2 JSON, one array of ``batch`` spans per line."""
 
-    def __init__(self, out: IO[str], resource: dict[str, Any], batch: int = 256,
-                 version: str = "") -> None:
-        self.out, self.resource, self.batch, self.version = out, resource, batch, version
-        self.pending: list[SpanRecord] = []
-        self.written = 0
-
-    def add(self, span: SpanRecord) -> None:
-        self.pending.append(span)
-        if len(self.pending) >= self.batch:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.pending:
-            self.out.write(zipkin_json(self.pending, self.resource, self.version))
-            self.out.write("\n")
-            self.written += len(self.pending)
-            self.pending = []
-        self.out.flush()
+    @staticmethod
+    def encode_line(spans: list[SpanRecord], resource: dict[str, Any], version: str) -> str:
+        return zipkin_json(spans, resource, version)
 
 
 def zipkin_spans_url(endpoint: str) -> str:

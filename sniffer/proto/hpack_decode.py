@@ -153,11 +153,7 @@ class Decoder:
             if b & 0x80:  # indexed field
                 index, pos = _int(data, pos, 7)
                 if index > N_STATIC and deps is not None:
-                    i = index - N_STATIC - 1
-                    if i < len(ents):
-                        deps.append((i, ents[i]))
-                    else:
-                        deps = None
+                    deps = _dep(deps, ents, index)
                 name, value = lookup(index)
                 if name is None or value is None:
                     partial = True
@@ -175,11 +171,7 @@ class Decoder:
                 index, pos = _int(data, pos, 6 if indexing else 4)
                 if index:
                     if index > N_STATIC and deps is not None:
-                        i = index - N_STATIC - 1
-                        if i < len(ents):
-                            deps.append((i, ents[i]))
-                        else:
-                            deps = None
+                        deps = _dep(deps, ents, index)
                     name = lookup(index)[0]
                 else:
                     name, pos = _string(data, pos)
@@ -193,6 +185,15 @@ class Decoder:
             if len(out) > MAX_FIELDS:
                 raise HpackError("too many fields in one block")
         return out, partial, changed, deps
+
+
+def _dep(deps: list, ents: list, index: int) -> list | None:
+    """Note that a block read dynamic entry ``index`` (None: beyond what we hold)."""
+    i = index - N_STATIC - 1
+    if i < len(ents):
+        deps.append((i, ents[i]))
+        return deps
+    return None
 
 
 def _int(data: bytes, pos: int, prefix: int) -> tuple[int, int]:
