@@ -473,7 +473,7 @@ class Correlator:
             # index entries are dropped lazily: done legs are skipped by _candidates, and
             # the lists are compacted once as many legs have left as the window holds
         self._dead += 1
-        if self._dead > self.max_legs:
+        if self._dead > self.max_legs // 4:
             self._compact()
         if not leg.in_hop:
             self._out(leg.obs[0], leg.ctx)  # one exchange, however many points saw it
