@@ -146,6 +146,9 @@ def _direction(d: Exchange, u: Exchange) -> str:
     return ""
 
 
+_KINDS = {"t": "trace-context", "r": "request-id", "m": "timing"}
+
+
 def _level(leg: Leg) -> tuple:
     """Which step of a chain a leg can be: its server, and whether it runs inside one pod
     (a sidecar's leg to its app reuses the address the caller dialled)."""
@@ -258,7 +261,7 @@ class Correlator:
         self.same_leg: dict[tuple, list[Leg]] = {}
         self.proxies = ProxyStats()
         self.hops = 0
-        self._dead = 0  # legs evicted since the index was last compacted
+        self._stale: dict[tuple, int] = {}  # index key -> evicted legs still in its lists
         self._ctx_memo: dict[int, tuple[list, TraceContext | None]] = {}
         self.edges: set[tuple] = set()  # (proxy endpoint, upstream endpoint) of hops seen
 
@@ -387,13 +390,8 @@ class Correlator:
         d.settled = True
         ex = d.ex
         ctx = d.ctx
-        tries: list[tuple[str, tuple]] = []
-        if ctx is not None and ctx.format != "request-id":
-            tries.append(("trace-context", ("t", ctx.trace_id, ex.method, ex.path)))
-        if ctx is not None and ctx.request_id:
-            tries.append(("request-id", ("r", ctx.request_id, ex.method, ex.path)))
-        if ctx is None:
-            tries.append(("timing", ("m", ex.method, ex.path)))
+        tries = [(_KINDS[key[0]], key) for key in d.keys
+                 if key[0] in "tr" or (key[0] == "m" and ctx is None)]
         for kind, key in tries:
             cands = self._candidates(d, key)
             if not cands:
@@ -472,21 +470,34 @@ class Correlator:
                     del self.same_leg[key[1]]
             # index entries are dropped lazily: done legs are skipped by _candidates, and
             # the lists are compacted once as many legs have left as the window holds
-        self._dead += 1
-        if self._dead > self.max_legs // 4:
-            self._compact()
+        stale = self._stale
+        for key in leg.keys:
+            entry = self.index.get(key)
+            if entry is None:
+                continue
+            n = stale.get(key, 0) + 1
+            if n * 2 >= len(entry[1]):  # half of this list is gone: filter it (amortised)
+                self._compact_key(key, entry)
+            else:
+                stale[key] = n
         if not leg.in_hop:
             self._out(leg.obs[0], leg.ctx)  # one exchange, however many points saw it
 
+    def _compact_key(self, key: tuple, entry: tuple[list[int], list[Leg]]) -> None:
+        self._stale.pop(key, None)
+        starts, legs = entry
+        keep = [i for i, v in enumerate(legs) if not v.done]
+        if not keep:
+            del self.index[key]
+        elif len(keep) < len(legs):
+            self.index[key] = ([starts[i] for i in keep], [legs[i] for i in keep])
+
     def _compact(self) -> None:
-        self._dead = 0
-        for key in list(self.index):
-            starts, legs = self.index[key]
-            keep = [i for i, v in enumerate(legs) if not v.done]
-            if not keep:
-                del self.index[key]
-            elif len(keep) < len(legs):
-                self.index[key] = ([starts[i] for i in keep], [legs[i] for i in keep])
+        for key in list(self._stale):
+            entry = self.index.get(key)
+            if entry is not None:
+                self._compact_key(key, entry)
+        self._stale.clear()
 
     def _out(self, ex: Exchange, ctx: TraceContext | None) -> None:
         if self.on_exchange is not None:
