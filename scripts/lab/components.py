@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -249,6 +250,8 @@ def link_delay(node: Node, src: Pod, dst: Pod, dport: int, ms: float, queue: int
     namespace (bridged traffic through iptables FORWARD via br_netfilter, this netns only), so
     the delay lies *between* the two pods' captures: src's eth0 shows the SYN / data leaving on
     time and dst's eth0 shows them arriving ``ms`` later."""
+    if not Path("/proc/sys/net/bridge").exists():  # br_netfilter not loaded (nor built in)
+        subprocess.run(["modprobe", "br_netfilter"], check=False, capture_output=True)
     node.run(node.node_ns, "sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1")
     log = node.tmp / f"nfq-{queue}.jsonl"
     proc = node.spawn(node.node_ns, f"nfqdelay-{queue}", sys.executable, "-u",
