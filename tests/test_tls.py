@@ -642,6 +642,12 @@ def test_pipeline_scapy_capture(tmp_path: Path) -> None:
     t, n, a, b, _f = recs[-1]
     assert (t, n) == (APPLICATION_DATA, 4000) and b - a == 2 * MS  # three packets, 1 ms apart
     assert recs[0][3] - recs[0][2] == MS  # the ClientHello spanned two packets
+    # the default dispatcher detects it from the first bytes and reports it in the summary
+    sessions: list = []
+    d = run_replay([str(path)], on_tls=sessions.append).to_dict()
+    assert d["protocols"] == {"tls": 1} and d["tls_connections"] == 1
+    assert d["tls"]["sni"] == 1 and d["tls"]["handshakes_complete"] == 1
+    assert [x.sni for x in sessions] == ["pipe.test"]
 
 
 # -- real peers on loopback (lab) --------------------------------------------------------------
