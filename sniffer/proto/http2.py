@@ -460,11 +460,18 @@ class Http2Connection:
             elif ident == 5:  # SETTINGS_MAX_FRAME_SIZE
                 other.max_frame = min(max(value, 16384), MAX_FRAME_BUFFER)
 
-    def _exchange(self, sid: int) -> Exchange:
-        ex = Exchange(self.conn_id, self.point, self.client, self.server, "http/2",
-                      dialled=self.dialled)
-        ex.stream_id = sid
-        return ex
+    def _exchange(self, sid: int, request: Message | None = None,
+                  pseudo: dict[str, str] | None = None) -> Exchange:
+        """One object built in one call (this runs for every stream)."""
+        if pseudo is None:
+            return Exchange(self.conn_id, self.point, self.client, self.server, "http/2",
+                            dialled=self.dialled, stream_id=sid)
+        get = pseudo.get
+        return Exchange(self.conn_id, self.point, self.client, self.server, "http/2",
+                        method=get(":method", ""), target=get(":path", ""),
+                        authority=get(":authority", ""), scheme=get(":scheme", ""),
+                        request=request, dialled=self.dialled,  # type: ignore[arg-type]
+                        stream_id=sid)
 
     def _open(self, sid: int, ex: Exchange) -> _Stream:
         streams = self.streams
@@ -486,9 +493,8 @@ class Http2Connection:
             if promised in self.streams:
                 self.stats.add("http2", "push_promise_reuses_stream")
                 return
-            ex = self._exchange(promised)
-            self._request_fields(ex, pseudo)
-            ex.request = Message(first_ts=fts, last_ts=ts, headers=regular, complete=True)
+            ex = self._exchange(promised, Message(first_ts=fts, last_ts=ts, headers=regular,
+                                                  complete=True), pseudo)
             ex.flags.add("pushed")
             if partial:
                 ex.flags.add("partial_headers")
@@ -502,9 +508,8 @@ class Http2Connection:
             return
         if side.is_client:
             if st is None:
-                ex = self._exchange(sid)
-                self._request_fields(ex, pseudo)
-                ex.request = Message(first_ts=fts, last_ts=ts, headers=regular)
+                ex = self._exchange(sid, Message(first_ts=fts, last_ts=ts, headers=regular),
+                                    pseudo)
                 if not ex.authority:  # a client may send Host instead (RFC 9113 §8.3.1)
                     ex.authority = ex.request.header("host") or ""
                 if partial:
@@ -549,13 +554,6 @@ class Http2Connection:
         if flags & END_STREAM:
             ex.response.complete = True
             self._hand_over(sid)
-
-    @staticmethod
-    def _request_fields(ex: Exchange, pseudo: dict[str, str]) -> None:
-        ex.method = pseudo.get(":method", "")
-        ex.target = pseudo.get(":path", "")
-        ex.authority = pseudo.get(":authority", "")
-        ex.scheme = pseudo.get(":scheme", "")
 
     def _swap_roles(self) -> None:
         """A mid-stream join guessed the roles wrong (the 'client' sent a :status)."""
