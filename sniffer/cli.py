@@ -34,6 +34,16 @@ Several files are merged by timestamp; each file and interface is its own captur
 so one connection seen on two interfaces counts as two observations.
 """
 
+_EPILOG_CAPTURE = """\
+examples:
+  wirespan capture -i eth0 --duration 30
+  wirespan capture -i lo -i eth0 -f 'tcp port 8080 or tcp port 4143' -o spans.jsonl
+  wirespan capture --netns mypod -i eth0 -i lo --json
+
+Needs root or CAP_NET_RAW. Outgoing packets are captured too; on lo each packet is seen once.
+The summary ends with the kernel's counters (packets that passed the filter, drops).
+"""
+
 _MESSAGES = {
     ("capture", "truncated_record"): "the last record of a file is cut short (capture still being written, or truncated copy)",
     ("capture", "truncated_compressed"): "a gzip stream ends early",
@@ -43,28 +53,8 @@ _MESSAGES = {
 }
 
 
-def _build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog=PROG,
-        description="Passive, packet-level tracer for service meshes: reads packets, "
-                    "reassembles TCP, and reports what it saw.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("-V", "--version", action="version", version=f"{PROG} {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    r = sub.add_parser(
-        "replay",
-        help="read capture files (pcap, pcapng, .gz) and summarise them",
-        description="Read capture files offline, run the full pipeline, and print a summary.",
-        epilog=_EPILOG_REPLAY,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    r.add_argument("files", nargs="+", metavar="FILE",
-                   help="capture file(s); '-' reads standard input")
-    r.add_argument("-c", "--count", type=int, default=0, metavar="N",
-                   help="stop after N packets (like tcpdump -c)")
-    r.add_argument("--json", action="store_true",
-                   help="print the summary as one JSON object instead of a table")
+def _add_output_options(r: argparse.ArgumentParser) -> None:
+    """Span outputs, the same for replay and capture."""
     r.add_argument("-o", "--output", metavar="PATH",
                    help="write spans to PATH ('-' for standard output), in --format")
     r.add_argument("--format", choices=["otlp-json", "zipkin-json"], default="otlp-json",
@@ -92,12 +82,80 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="resource service.name of the spans (default: wirespan)")
     r.add_argument("--keep-query", action="store_true",
                    help="export request query strings as url.query (default: dropped)")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Passive, packet-level tracer for service meshes: reads packets, "
+                    "reassembles TCP, and reports what it saw.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("-V", "--version", action="version", version=f"{PROG} {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    r = sub.add_parser(
+        "replay",
+        help="read capture files (pcap, pcapng, .gz) and summarise them",
+        description="Read capture files offline, run the full pipeline, and print a summary.",
+        epilog=_EPILOG_REPLAY,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    r.add_argument("files", nargs="+", metavar="FILE",
+                   help="capture file(s); '-' reads standard input")
+    r.add_argument("-c", "--count", type=int, default=0, metavar="N",
+                   help="stop after N packets (like tcpdump -c)")
+    r.add_argument("--json", action="store_true",
+                   help="print the summary as one JSON object instead of a table")
+    _add_output_options(r)
     g = r.add_mutually_exclusive_group()
     g.add_argument("--progress", dest="progress", action="store_true", default=None,
                    help="always show a progress bar on stderr")
     g.add_argument("--no-progress", dest="progress", action="store_false",
                    help="never show a progress bar (default: shown on a terminal for inputs "
                         f"over {PROGRESS_MIN_BYTES >> 20} MiB)")
+    c = sub.add_parser(
+        "capture",
+        help="capture live from network interfaces (AF_PACKET) and summarise",
+        description="Capture live from AF_PACKET sockets (TPACKET_V3 ring, classic BPF "
+                    "filter in the kernel), run the full pipeline, and print a summary at "
+                    "the end (Ctrl-C, SIGTERM, --count or --duration).",
+        epilog=_EPILOG_CAPTURE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    c.add_argument("-i", "--interface", action="append", required=True, metavar="IFACE",
+                   help="interface to capture on (repeatable)")
+    c.add_argument("--netns", metavar="NAME",
+                   help="open the interfaces inside the network namespace NAME "
+                        "(/var/run/netns/NAME, or a path such as /proc/PID/ns/net)")
+    c.add_argument("-f", "--filter", default="tcp", metavar="BPF",
+                   help="tcpdump-style filter, compiled to classic BPF and run in the kernel "
+                        "(default: tcp)")
+    c.add_argument("-c", "--count", type=int, default=0, metavar="N",
+                   help="stop after N packets (like tcpdump -c)")
+    c.add_argument("--duration", type=float, default=0.0, metavar="SECONDS",
+                   help="stop after this many seconds")
+    c.add_argument("-w", "--write", metavar="FILE",
+                   help="also save the captured packets to FILE (pcapng, with interface "
+                        "names and nanosecond timestamps)")
+    c.add_argument("-s", "--snaplen", type=int, default=262144, metavar="BYTES",
+                   help="bytes kept of each packet (default: 262144)")
+    c.add_argument("-p", "--promisc", action="store_true",
+                   help="put the interfaces in promiscuous mode (default: off)")
+    c.add_argument("--ring-block-kib", type=int, default=1024, metavar="KIB",
+                   help="size of one ring block (default: 1024 KiB)")
+    c.add_argument("--ring-blocks", type=int, default=32, metavar="N",
+                   help="blocks in each interface's ring (default: 32)")
+    c.add_argument("--ring-timeout-ms", type=int, default=10, metavar="MS",
+                   help="a partly filled block is handed over after this long (default: 10)")
+    c.add_argument("--json", action="store_true",
+                   help="print the summary as one JSON object instead of a table")
+    g = c.add_mutually_exclusive_group()
+    g.add_argument("--status", dest="status", action="store_true", default=None,
+                   help="always show a status line on stderr (packets/s, drops, flows, "
+                        "exchanges, spans)")
+    g.add_argument("--no-status", dest="status", action="store_false",
+                   help="never show it (default: shown when stderr is a terminal)")
+    _add_output_options(c)
     return p
 
 
@@ -108,17 +166,17 @@ def _fmt_ts(ns: int | None) -> str:
     return dt.strftime("%Y-%m-%d %H:%M:%S") + f".{ns % 1_000_000_000:09d} UTC"
 
 
-def _print_table(s: Summary) -> None:
+def _print_table(s: Summary, title: str = "wirespan replay") -> None:
     from rich.console import Console
     from rich.table import Table
 
     d = s.to_dict()
     console = Console(highlight=False)
-    t = Table(title="wirespan replay", show_header=False, title_justify="left", box=None,
+    t = Table(title=title, show_header=False, title_justify="left", box=None,
               pad_edge=False)
     t.add_column(style="bold")
     t.add_column()
-    t.add_row("files", ", ".join(s.files))
+    t.add_row("interfaces" if "kernel" in d else "files", ", ".join(s.files))
     t.add_row("packets", f"{s.packets:,} ({s.tcp_packets:,} TCP)")
     t.add_row("bytes", f"{s.bytes:,}")
     t.add_row("link types", ", ".join(f"{k} {v:,}" for k, v in d["link_types"].items()) or "-")
@@ -154,6 +212,9 @@ def _print_table(s: Summary) -> None:
     if "spans_exported" in d:
         dropped = sum((d.get("spans_dropped") or {}).values())
         t.add_row("spans exported", f"{d['spans_exported']:,} ({dropped:,} dropped)")
+    if "kernel" in d:
+        t.add_row("kernel", ", ".join(f"{k}: {v['packets']:,} packets, {v['drops']:,} dropped"
+                                      for k, v in d["kernel"].items()))
     t.add_row("speed", f"{s.packets_per_s:,.0f} packets/s ({s.elapsed_s:.2f} s)")
     console.print(t)
     proxies = d.get("proxies") or []
@@ -193,27 +254,8 @@ def _replay(args: argparse.Namespace) -> int:
     if show is None:
         total = sum(os.path.getsize(f) for f in args.files if f != "-" and os.path.isfile(f))
         show = sys.stderr.isatty() and total >= PROGRESS_MIN_BYTES
-    writer = None
-    if args.output or args.otlp_endpoint or args.zipkin_endpoint:
-        from exporter.outputs import SpanOutputs
-        from exporter.spans import SpanBuilder
-
-        writer = SpanOutputs.open(  # the -o file and/or the endpoints' exporters
-            output=args.output, fmt=args.format, otlp_endpoint=args.otlp_endpoint,
-            otlp_protocol=args.otlp_protocol, zipkin_endpoint=args.zipkin_endpoint,
-            service_name=args.service_name, version=__version__, max_queue=args.export_queue)
-        build = SpanBuilder(args.spans, args.keep_query)
-
-        def on_hop(hop: Any) -> None:
-            writer.add(build.hop(hop))
-
-        def on_unmatched(ex: Any, ctx: Any) -> None:
-            span = build.exchange(ex, ctx)
-            if span is not None:
-                writer.add(span)
-    kw: dict[str, Any] = {"count": args.count}
-    if writer is not None:
-        kw.update(on_hop=on_hop, on_unmatched=on_unmatched)
+    writer, kw = _open_outputs(args)
+    kw["count"] = args.count
     if show:
         from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
                                    TimeRemainingColumn)
@@ -229,6 +271,122 @@ def _replay(args: argparse.Namespace) -> int:
             summary = run_replay(args.files, progress=progress, **kw)
     else:
         summary = run_replay(args.files, **kw)
+    return _finish(args, summary, writer)
+
+
+def _capture(args: argparse.Namespace) -> int:
+    import signal
+    import time
+
+    from .capture.live import LiveCapture, RingConfig
+    from .pipeline import run_records
+    from .stats import Stats
+
+    if args.count < 0:
+        raise UsageError("--count must be 0 (no limit) or more")
+    if args.duration < 0:
+        raise UsageError("--duration must be 0 (no limit) or more")
+    if not 0 < args.snaplen <= 262144:
+        raise UsageError("--snaplen must be between 1 and 262144")
+    ring = RingConfig(block_size=args.ring_block_kib * 1024, block_count=args.ring_blocks,
+                      timeout_ms=args.ring_timeout_ms)
+    ns = args.netns or ""
+    stats = Stats()
+    show = args.status if args.status is not None else sys.stderr.isatty()
+    writer: Any = None
+    exchanges = [0]
+    engines: list[Any] = []
+    last = [time.monotonic(), 0]
+
+    def status(lc: LiveCapture) -> None:
+        now = time.monotonic()
+        packets = sum(p.packets for p in lc.points)
+        rate = (packets - last[1]) / max(now - last[0], 1e-3)
+        last[:] = [now, packets]
+        spans = f", {writer.written:,} spans" if writer is not None else ""
+        flows = stats.get("tcp", "connections") + sum(e.flows.connections for e in engines)
+        sys.stderr.write(f"\r{packets:,} packets ({rate:,.0f}/s), {lc.drops:,} dropped, "
+                         f"{flows:,} flows, {exchanges[0]:,} "
+                         f"exchanges{spans}\x1b[K")
+        sys.stderr.flush()
+
+    live = LiveCapture([(ns, i) for i in args.interface], args.filter, snaplen=args.snaplen,
+                       promisc=args.promisc, ring=ring, duration=args.duration,
+                       on_tick=status if show else None)
+    saved = None
+    try:
+        if args.write:
+            from .capture.writer import PcapngWriter
+
+            saved = PcapngWriter(args.write)
+        writer, kw = _open_outputs(args)
+
+        def count_exchange(_ex: Any) -> None:
+            exchanges[0] += 1
+
+        kw["on_exchange"] = count_exchange
+        old = {}
+
+        def stop(_sig: int, _frame: Any) -> None:
+            live.stop()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            old[sig] = signal.signal(sig, stop)
+        where = f" in network namespace {ns}" if ns else ""
+        print(f"{PROG}: listening on {', '.join(args.interface)}{where}, filter "
+              f"{args.filter!r}", file=sys.stderr, flush=True)
+        try:
+            records = saved.tee(live) if saved is not None else live
+            summary = run_records(records, lambda: live.points, files=[p.name for p in live.points],
+                                  stats=stats, count=args.count, on_engine=engines.append,
+                                  **kw)
+        finally:
+            if show:
+                sys.stderr.write("\r\x1b[K")
+            for sig, h in old.items():
+                signal.signal(sig, h)
+        kernel = live.kernel_stats()
+    finally:
+        live.close()
+        if saved is not None:
+            saved.close()
+    if saved is not None:
+        summary.extra["saved"] = {"path": saved.path, "packets": saved.packets}
+    summary.extra["kernel"] = kernel
+    summary.extra["kernel_drops"] = sum(v["drops"] for v in kernel.values())
+    return _finish(args, summary, writer, "wirespan capture")
+
+
+def _open_outputs(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    """The span outputs of -o / --otlp-endpoint / --zipkin-endpoint, and the pipeline
+    callbacks that feed them (shared by replay and capture)."""
+    kw: dict[str, Any] = {}
+    if not (args.output or args.otlp_endpoint or args.zipkin_endpoint):
+        return None, kw
+    from exporter.outputs import SpanOutputs
+    from exporter.spans import SpanBuilder
+
+    writer = SpanOutputs.open(  # the -o file and/or the endpoints' exporters
+        output=args.output, fmt=args.format, otlp_endpoint=args.otlp_endpoint,
+        otlp_protocol=args.otlp_protocol, zipkin_endpoint=args.zipkin_endpoint,
+        service_name=args.service_name, version=__version__, max_queue=args.export_queue)
+    build = SpanBuilder(args.spans, args.keep_query)
+
+    def on_hop(hop: Any) -> None:
+        writer.add(build.hop(hop))
+
+    def on_unmatched(ex: Any, ctx: Any) -> None:
+        span = build.exchange(ex, ctx)
+        if span is not None:
+            writer.add(span)
+
+    kw.update(on_hop=on_hop, on_unmatched=on_unmatched)
+    return writer, kw
+
+
+def _finish(args: argparse.Namespace, summary: Summary, writer: Any,
+            title: str = "wirespan replay") -> int:
+    """Flush the span outputs, then print the summary (JSON or table)."""
     if writer is not None:
         writer.close(args.export_timeout)
         summary.extra.update(writer.summary())
@@ -244,7 +402,7 @@ def _replay(args: argparse.Namespace) -> int:
         json.dump(summary.to_dict(), sys.stdout, indent=None, sort_keys=False)
         sys.stdout.write("\n")
     else:
-        _print_table(summary)
+        _print_table(summary, title)
     return 0
 
 
@@ -255,7 +413,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     try:
-        handlers: dict[str, Any] = {"replay": _replay}
+        handlers: dict[str, Any] = {"replay": _replay, "capture": _capture}
         return int(handlers[args.command](args))
     except WirespanError as e:
         print(f"{PROG}: error: {e.message}", file=sys.stderr)

@@ -260,6 +260,35 @@ def run_replay(paths: list[str], *, count: int = 0, factory: ConsumerFactory | N
     """
     stats = Stats()
     caps = open_all(paths, stats)
+    total = sum(c.size for c in caps)
+    cb: ProgressFn | None = None
+    if progress is not None:
+        def cb(packets: int, _nbytes: int) -> None:
+            progress(packets, sum(c.position() for c in caps), total)
+    try:
+        return run_records(merge(caps, stats), lambda: [p for c in caps for p in c.points],
+                           files=paths, stats=stats, count=count, factory=factory,
+                           tcp_config=tcp_config, progress=cb, on_exchange=on_exchange,
+                           on_hop=on_hop, on_unmatched=on_unmatched, on_tls=on_tls)
+    finally:
+        for c in caps:
+            c.close()
+
+
+def run_records(records: Iterable[Record], points: Callable[[], list[CapturePoint]], *,
+                files: list[str], stats: Stats | None = None, count: int = 0,
+                factory: ConsumerFactory | None = None, tcp_config: TcpConfig | None = None,
+                progress: ProgressFn | None = None,
+                on_exchange: Callable[[Exchange], None] | None = None,
+                on_hop: Callable[[Hop], None] | None = None,
+                on_unmatched: Callable[[Exchange, TraceContext | None], None] | None = None,
+                on_tls: Callable[[TlsSession], None] | None = None,
+                on_engine: Callable[[Engine], None] | None = None) -> Summary:
+    """The shared path of replay and live capture: ``records`` (from files or sockets)
+    through the engine, the parsers and the correlator, to a ``Summary``. ``points()`` lists
+    the capture points once the records are exhausted; ``on_engine`` is given the engine
+    before the first record (a live status line reads its counters)."""
+    stats = stats if stats is not None else Stats()
     corr = Correlator(on_hop=on_hop, on_exchange=on_unmatched, stats=stats)
 
     def then(ex: Exchange) -> None:
@@ -272,11 +301,8 @@ def run_replay(paths: list[str], *, count: int = 0, factory: ConsumerFactory | N
     if factory is None:
         factory = Dispatcher(counter, stats, tls)
     engine = Engine(stats, factory, tcp_config)
-    total = sum(c.size for c in caps)
-    cb: ProgressFn | None = None
-    if progress is not None:
-        def cb(packets: int, _nbytes: int) -> None:
-            progress(packets, sum(c.position() for c in caps), total)
+    if on_engine is not None:
+        on_engine(engine)
     t0 = time.perf_counter()
     # Tens of thousands of exchanges live in the correlator's window at once, none of them in
     # reference cycles that need the collector: with the default thresholds the cyclic GC
@@ -284,18 +310,15 @@ def run_replay(paths: list[str], *, count: int = 0, factory: ConsumerFactory | N
     old_gc = gc.get_threshold()
     gc.set_threshold(100_000, 50, 100)
     try:
-        engine.run(merge(caps, stats), count=count, progress=cb)
+        engine.run(records, count=count, progress=progress)
         engine.finish()
         corr.finish()
     finally:
         gc.set_threshold(*old_gc)
-        for c in caps:
-            c.close()
     elapsed = time.perf_counter() - t0
-    points: list[CapturePoint] = [p for c in caps for p in c.points]
     link_types: dict[str, int] = {}
     interfaces: dict[str, int] = {}
-    for p in points:
+    for p in points():
         if p.packets:
             name = linktype_name(p.linktype)
             link_types[name] = link_types.get(name, 0) + p.packets
@@ -321,7 +344,7 @@ def run_replay(paths: list[str], *, count: int = 0, factory: ConsumerFactory | N
         },
         "http2": stats.by_stage("http2"),
     }
-    return Summary(files=paths, packets=engine.packets, bytes=engine.bytes,
+    return Summary(files=files, packets=engine.packets, bytes=engine.bytes,
                    tcp_packets=engine.tcp_packets, first_ts=engine.first_ts,
                    last_ts=engine.last_ts, elapsed_s=elapsed, link_types=link_types,
                    interfaces=interfaces, stats=stats, extra=extra)
