@@ -363,3 +363,18 @@ def split_responses(stream: bytes) -> list[tuple[bytes, bytes]]:
         out.append((head, body))
         pos = end + 4 + n
     return out
+
+
+def lab_or_skip(what: str, *extra_tools: str):
+    """A fixture body: a ``Lab`` torn down afterwards, or a skip naming what is missing
+    (not root, or tools not installed). Use as ``yield from lab_or_skip("...")``."""
+    import pytest
+
+    missing = missing_requirements(*extra_tools)
+    if missing:
+        pytest.skip(f"{what} needs: " + ", ".join(missing))
+    lab = Lab()
+    try:
+        yield lab
+    finally:
+        lab.close()

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from lab import Capture, Lab, Proc, missing_requirements, sh, wait_for
+from lab import Capture, Lab, Proc, sh, wait_for, lab_or_skip
 from sniffer.exchange import Exchange, Message
 from sniffer.pipeline import Summary, run_replay
 
@@ -30,14 +30,7 @@ RND = random.Random(7)
 
 @pytest.fixture
 def lab() -> Iterator[Lab]:
-    missing = missing_requirements("tshark")
-    if missing:
-        pytest.skip("HTTP/1 lab test needs: " + ", ".join(missing))
-    lab = Lab()
-    try:
-        yield lab
-    finally:
-        lab.close()
+    yield from lab_or_skip("HTTP/1 lab test", "tshark")
 
 
 # -- lab plumbing ------------------------------------------------------------------------------

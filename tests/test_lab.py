@@ -19,7 +19,7 @@ from scapy.layers.inet import IP, TCP
 from scapy.utils import rdpcap
 
 from conftest import Recorded, replay
-from lab import Lab, missing_requirements, split_requests, split_responses
+from lab import Lab, missing_requirements, split_requests, split_responses, lab_or_skip
 
 PAYLOAD = random.Random(1).randbytes(300_000)
 SMALL = b"".join(b"wirespan lab line %03d: small body\n" % i for i in range(20))
@@ -36,14 +36,7 @@ def v6(a: str) -> bytes:
 
 @pytest.fixture
 def lab() -> Iterator[Lab]:
-    missing = missing_requirements()
-    if missing:
-        pytest.skip("lab test needs: " + ", ".join(missing))
-    lab = Lab()
-    try:
-        yield lab
-    finally:
-        lab.close()
+    yield from lab_or_skip("lab test")
 
 
 def need(*tools: str) -> None:

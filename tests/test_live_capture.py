@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from lab import ENV, Lab, Proc, missing_requirements, sh, wait_for
+from lab import ENV, Lab, Proc, sh, wait_for, lab_or_skip
 
 pytestmark = pytest.mark.lab
 
@@ -30,14 +30,7 @@ PORT = 8080
 
 @pytest.fixture
 def lab() -> Iterator[Lab]:
-    missing = missing_requirements()
-    if missing:
-        pytest.skip("live capture lab test needs: " + ", ".join(missing))
-    lab = Lab()
-    try:
-        yield lab
-    finally:
-        lab.close()
+    yield from lab_or_skip("live capture lab test")
 
 
 def topology(lab: Lab) -> tuple[str, str, str]:
