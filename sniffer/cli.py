@@ -39,6 +39,7 @@ examples:
   wirespan capture -i eth0 --duration 30
   wirespan capture -i lo -i eth0 -f 'tcp port 8080 or tcp port 4143' -o spans.jsonl
   wirespan capture --netns mypod -i eth0 -i lo --json
+  wirespan capture --netns pod-a --netns pod-b -i eth0 -i lo --workers 2 -o spans.jsonl
 
 Needs root or CAP_NET_RAW. Outgoing packets are captured too; on lo each packet is seen once.
 The summary ends with the kernel's counters (packets that passed the filter, drops).
@@ -124,9 +125,15 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("-i", "--interface", action="append", required=True, metavar="IFACE",
                    help="interface to capture on (repeatable)")
-    c.add_argument("--netns", metavar="NAME",
+    c.add_argument("--netns", action="append", metavar="NAME",
                    help="open the interfaces inside the network namespace NAME "
-                        "(/var/run/netns/NAME, or a path such as /proc/PID/ns/net)")
+                        "(/var/run/netns/NAME); repeatable: each -i in each namespace")
+    c.add_argument("--netns-path", action="append", metavar="PATH",
+                   help="the same for a namespace file, e.g. /proc/PID/ns/net (repeatable)")
+    c.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="worker processes sharing the packets through PACKET_FANOUT (hash "
+                        "mode: both directions of a flow go to one worker); one process "
+                        "correlates them all (default: the number of CPUs, 1 with --count)")
     c.add_argument("-f", "--filter", default="tcp", metavar="BPF",
                    help="tcpdump-style filter, compiled to classic BPF and run in the kernel "
                         "(default: tcp)")
@@ -278,7 +285,7 @@ def _capture(args: argparse.Namespace) -> int:
     import signal
     import time
 
-    from .capture.live import LiveCapture, RingConfig
+    from .capture.live import LiveCapture, RingConfig, ns_label
     from .pipeline import run_records
     from .stats import Stats
 
@@ -288,73 +295,157 @@ def _capture(args: argparse.Namespace) -> int:
         raise UsageError("--duration must be 0 (no limit) or more")
     if not 0 < args.snaplen <= 262144:
         raise UsageError("--snaplen must be between 1 and 262144")
+    workers = args.workers
+    if workers is None:
+        workers = 1 if args.count else (os.cpu_count() or 1)
+    if workers < 1:
+        raise UsageError("--workers must be at least 1")
+    if args.count and workers > 1:
+        raise UsageError("--count needs --workers 1: with several workers the packets have "
+                         "no single order to count in", "drop --workers, or use --duration")
     ring = RingConfig(block_size=args.ring_block_kib * 1024, block_count=args.ring_blocks,
                       timeout_ms=args.ring_timeout_ms)
-    ns = args.netns or ""
+    namespaces = [*(args.netns or []), *(args.netns_path or [])] or [""]
+    interfaces = [(ns, i) for ns in namespaces for i in args.interface]
     stats = Stats()
     show = args.status if args.status is not None else sys.stderr.isatty()
     writer: Any = None
     exchanges = [0]
-    engines: list[Any] = []
     last = [time.monotonic(), 0]
 
-    def status(lc: LiveCapture) -> None:
+    def status_line(packets: int, drops: int, flows: int) -> None:
         now = time.monotonic()
-        packets = sum(p.packets for p in lc.points)
         rate = (packets - last[1]) / max(now - last[0], 1e-3)
         last[:] = [now, packets]
         spans = f", {writer.written:,} spans" if writer is not None else ""
-        flows = stats.get("tcp", "connections") + sum(e.flows.connections for e in engines)
-        sys.stderr.write(f"\r{packets:,} packets ({rate:,.0f}/s), {lc.drops:,} dropped, "
-                         f"{flows:,} flows, {exchanges[0]:,} "
-                         f"exchanges{spans}\x1b[K")
+        sys.stderr.write(f"\r{packets:,} packets ({rate:,.0f}/s), {drops:,} dropped, "
+                         f"{flows:,} flows, {exchanges[0]:,} exchanges{spans}\x1b[K")
         sys.stderr.flush()
 
-    live = LiveCapture([(ns, i) for i in args.interface], args.filter, snaplen=args.snaplen,
-                       promisc=args.promisc, ring=ring, duration=args.duration,
-                       on_tick=status if show else None)
-    saved = None
+    engines: list[Any] = []
+
+    def status(lc: LiveCapture) -> None:
+        flows = stats.get("tcp", "connections") + sum(e.flows.connections for e in engines)
+        status_line(sum(p.packets for p in lc.points), lc.drops, flows)
+
+    def count_exchange(_ex: Any) -> None:
+        exchanges[0] += 1
+
+    fan = live = None
+    if workers > 1:
+        from .capture.fanout import FanoutCapture
+
+        fan = FanoutCapture(interfaces, args.filter, workers=workers, snaplen=args.snaplen,
+                            promisc=args.promisc, ring=ring, duration=args.duration)
+        stopper: Any = fan
+    else:
+        live = LiveCapture(interfaces, args.filter, snaplen=args.snaplen, promisc=args.promisc,
+                           ring=ring, duration=args.duration, on_tick=status if show else None)
+        stopper = live
+    saved = tee = None
+    old: dict[int, Any] = {}
     try:
+        if fan is not None:
+            fan.start()  # fork before any exporter thread exists
         if args.write:
             from .capture.writer import PcapngWriter
 
             saved = PcapngWriter(args.write)
+            if fan is not None:  # the workers split the packets: the file gets its own sockets
+                tee = LiveCapture(interfaces, args.filter, snaplen=args.snaplen,
+                                  promisc=args.promisc, ring=ring)
         writer, kw = _open_outputs(args)
-
-        def count_exchange(_ex: Any) -> None:
-            exchanges[0] += 1
-
         kw["on_exchange"] = count_exchange
-        old = {}
 
         def stop(_sig: int, _frame: Any) -> None:
-            live.stop()
+            stopper.stop()
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             old[sig] = signal.signal(sig, stop)
-        where = f" in network namespace {ns}" if ns else ""
+        where = (f" in network namespace{'s' if len(namespaces) > 1 else ''} "
+                 f"{', '.join(ns_label(n) for n in namespaces)}" if namespaces != [""] else "")
+        per = f", {workers} workers" if workers > 1 else ""
         print(f"{PROG}: listening on {', '.join(args.interface)}{where}, filter "
-              f"{args.filter!r}", file=sys.stderr, flush=True)
+              f"{args.filter!r}{per}", file=sys.stderr, flush=True)
         try:
-            records = saved.tee(live) if saved is not None else live
-            summary = run_records(records, lambda: live.points, files=[p.name for p in live.points],
-                                  stats=stats, count=args.count, on_engine=engines.append,
-                                  **kw)
+            if live is not None:
+                records = saved.tee(live) if saved is not None else live
+                summary = run_records(records, lambda: live.points,
+                                      files=[p.name for p in live.points], stats=stats,
+                                      count=args.count, on_engine=engines.append, **kw)
+                kernel = live.kernel_stats()
+            else:
+                assert fan is not None
+                summary = _run_fanout(fan, tee, saved, stats, kw,
+                                      (lambda f: status_line(f.packets, f.drops, f.flows))
+                                      if show else None)
+                kernel = summary.extra.pop("kernel_workers")
+                if fan.failed:
+                    raise WirespanError(f"capture failed: {'; '.join(fan.failed)}",
+                                        "see the messages above")
         finally:
             if show:
                 sys.stderr.write("\r\x1b[K")
             for sig, h in old.items():
                 signal.signal(sig, h)
-        kernel = live.kernel_stats()
     finally:
-        live.close()
+        if live is not None:
+            live.close()
+        if fan is not None:
+            fan.close()
+        if tee is not None:
+            tee.close()
         if saved is not None:
             saved.close()
     if saved is not None:
         summary.extra["saved"] = {"path": saved.path, "packets": saved.packets}
     summary.extra["kernel"] = kernel
     summary.extra["kernel_drops"] = sum(v["drops"] for v in kernel.values())
+    if workers > 1:
+        summary.extra["workers"] = workers
     return _finish(args, summary, writer, "wirespan capture")
+
+
+def _run_fanout(fan: Any, tee: Any, saved: Any, stats: Any, kw: dict[str, Any],
+                on_tick: Any) -> Summary:
+    """``capture --workers N``: the workers parse, this process correlates (and writes -w)."""
+    import gc
+    import time
+
+    from .pipeline import Backend, interface_counts, low_gc
+
+    back = Backend(stats, **kw)
+    extra: dict[int, Any] = {}
+    if tee is not None:
+        for s in tee.sockets:
+            def drain(s: Any = s) -> None:
+                batch: list[Any] = []
+                s.drain(batch)
+                for r in batch:
+                    saved.write(*r)
+            extra[s.fileno()] = drain
+    t0 = time.perf_counter()
+    old = low_gc()
+    try:
+        fan.run(back.exchange, back.tls, on_tick=on_tick, extra_fds=extra)
+        back.finish()
+    finally:
+        gc.set_threshold(*old)
+    if tee is not None:
+        time.sleep(2 * max(s.ring.timeout_ms for s in tee.sockets) / 1000)
+        for fn in extra.values():
+            fn()
+    elapsed = time.perf_counter() - t0
+    m = fan.merged(stats)
+    points = list(fan.points.values())
+    link_types, interfaces = interface_counts(points)
+    extra_summary = back.extra()
+    extra_summary["kernel_workers"] = m["kernel"]
+    extra_summary["worker_packets"] = m["per_worker"]
+    return Summary(files=[p.name for p in points], packets=m["packets"], bytes=m["bytes"],
+                   tcp_packets=m["tcp_packets"], first_ts=m["first_ts"], last_ts=m["last_ts"],
+                   elapsed_s=elapsed, link_types=link_types, interfaces=interfaces,
+                   stats=stats, extra=extra_summary)
 
 
 def _open_outputs(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:

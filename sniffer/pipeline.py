@@ -275,6 +275,81 @@ def run_replay(paths: list[str], *, count: int = 0, factory: ConsumerFactory | N
             c.close()
 
 
+class Backend:
+    """Everything after the parsers, for one capture: exchange and TLS counters, the proxy
+    correlator and the callbacks. In-process it sits right behind the engine; with fanout
+    workers (``sniffer.capture.fanout``) the workers run engines and the one ``Backend`` in
+    the main process is fed their exchanges, so both legs of a hop meet whatever worker
+    parsed them."""
+
+    def __init__(self, stats: Stats, *,
+                 on_exchange: Callable[[Exchange], None] | None = None,
+                 on_hop: Callable[[Hop], None] | None = None,
+                 on_unmatched: Callable[[Exchange, TraceContext | None], None] | None = None,
+                 on_tls: Callable[[TlsSession], None] | None = None) -> None:
+        self.stats = stats
+        self.corr = corr = Correlator(on_hop=on_hop, on_exchange=on_unmatched, stats=stats)
+
+        def then(ex: Exchange) -> None:
+            if on_exchange is not None:
+                on_exchange(ex)
+            corr.add(ex)
+
+        self.exchange = ExchangeCounter(then)  # call it with each finished exchange
+        self.tls = TlsCounter(on_tls)  # ... and with each finished TLS session
+
+    def finish(self) -> None:
+        self.corr.finish()
+
+    def extra(self) -> dict[str, Any]:
+        stats, counter, tls = self.stats, self.exchange, self.tls
+        return {
+            "exchanges": dict(sorted(counter.by_protocol.items())),
+            "exchange_flags": dict(sorted(counter.flags.items())),
+            "grpc_calls": counter.grpc_calls,
+            "tls_connections": tls.sessions,
+            "tls": {"sni": tls.with_sni, "handshakes_complete": tls.complete,
+                    "versions": dict(sorted(tls.versions.items()))},
+            "proxies": self.corr.proxies.summary(),
+            "correlation": stats.by_stage("correlate"),
+            "protocols": stats.by_stage("protocols"),
+            "parse_errors": {
+                **{f"http1:{k}": v for k, v in stats.by_stage("http1").items()
+                   if not k.startswith("opaque_")},
+                **{f"http2:{k}": v for k, v in stats.by_stage("http2").items()
+                   if k not in HTTP2_NOT_ERRORS},
+            },
+            "http2": stats.by_stage("http2"),
+        }
+
+
+def interface_counts(points: Iterable[CapturePoint]) -> tuple[dict[str, int], dict[str, int]]:
+    """Packets by link type name and by capture point name (an ``-i any`` capture lists the
+    interfaces inside it)."""
+    link_types: dict[str, int] = {}
+    interfaces: dict[str, int] = {}
+    for p in points:
+        if p.packets:
+            name = linktype_name(p.linktype)
+            link_types[name] = link_types.get(name, 0) + p.packets
+            subs = p.subs()
+            for q in subs or [p]:
+                if q.packets:
+                    interfaces[q.name] = interfaces.get(q.name, 0) + q.packets
+    return link_types, interfaces
+
+
+def low_gc() -> tuple[int, int, int]:
+    """Raise the cyclic GC's thresholds for a run; returns the old ones to restore.
+
+    Tens of thousands of exchanges live in the correlator's window at once, none of them in
+    reference cycles that need the collector: with the default thresholds the cyclic GC
+    rescans them all every few thousand allocations (measured: up to half the run time)."""
+    old = gc.get_threshold()
+    gc.set_threshold(100_000, 50, 100)
+    return old  # type: ignore[return-value]
+
+
 def run_records(records: Iterable[Record], points: Callable[[], list[CapturePoint]], *,
                 files: list[str], stats: Stats | None = None, count: int = 0,
                 factory: ConsumerFactory | None = None, tcp_config: TcpConfig | None = None,
@@ -289,62 +364,24 @@ def run_records(records: Iterable[Record], points: Callable[[], list[CapturePoin
     the capture points once the records are exhausted; ``on_engine`` is given the engine
     before the first record (a live status line reads its counters)."""
     stats = stats if stats is not None else Stats()
-    corr = Correlator(on_hop=on_hop, on_exchange=on_unmatched, stats=stats)
-
-    def then(ex: Exchange) -> None:
-        if on_exchange is not None:
-            on_exchange(ex)
-        corr.add(ex)
-
-    counter = ExchangeCounter(then)
-    tls = TlsCounter(on_tls)
+    back = Backend(stats, on_exchange=on_exchange, on_hop=on_hop, on_unmatched=on_unmatched,
+                   on_tls=on_tls)
     if factory is None:
-        factory = Dispatcher(counter, stats, tls)
+        factory = Dispatcher(back.exchange, stats, back.tls)
     engine = Engine(stats, factory, tcp_config)
     if on_engine is not None:
         on_engine(engine)
     t0 = time.perf_counter()
-    # Tens of thousands of exchanges live in the correlator's window at once, none of them in
-    # reference cycles that need the collector: with the default thresholds the cyclic GC
-    # rescans them all every few thousand allocations (measured: up to half the run time).
-    old_gc = gc.get_threshold()
-    gc.set_threshold(100_000, 50, 100)
+    old_gc = low_gc()
     try:
         engine.run(records, count=count, progress=progress)
         engine.finish()
-        corr.finish()
+        back.finish()
     finally:
         gc.set_threshold(*old_gc)
     elapsed = time.perf_counter() - t0
-    link_types: dict[str, int] = {}
-    interfaces: dict[str, int] = {}
-    for p in points():
-        if p.packets:
-            name = linktype_name(p.linktype)
-            link_types[name] = link_types.get(name, 0) + p.packets
-            subs = p.subs()
-            for q in subs or [p]:  # an `-i any` capture lists its interfaces
-                if q.packets:
-                    interfaces[q.name] = interfaces.get(q.name, 0) + q.packets
-    extra: dict[str, Any] = {
-        "exchanges": dict(sorted(counter.by_protocol.items())),
-        "exchange_flags": dict(sorted(counter.flags.items())),
-        "grpc_calls": counter.grpc_calls,
-        "tls_connections": tls.sessions,
-        "tls": {"sni": tls.with_sni, "handshakes_complete": tls.complete,
-                "versions": dict(sorted(tls.versions.items()))},
-        "proxies": corr.proxies.summary(),
-        "correlation": stats.by_stage("correlate"),
-        "protocols": stats.by_stage("protocols"),
-        "parse_errors": {
-            **{f"http1:{k}": v for k, v in stats.by_stage("http1").items()
-               if not k.startswith("opaque_")},
-            **{f"http2:{k}": v for k, v in stats.by_stage("http2").items()
-               if k not in HTTP2_NOT_ERRORS},
-        },
-        "http2": stats.by_stage("http2"),
-    }
+    link_types, interfaces = interface_counts(points())
     return Summary(files=files, packets=engine.packets, bytes=engine.bytes,
                    tcp_packets=engine.tcp_packets, first_ts=engine.first_ts,
                    last_ts=engine.last_ts, elapsed_s=elapsed, link_types=link_types,
-                   interfaces=interfaces, stats=stats, extra=extra)
+                   interfaces=interfaces, stats=stats, extra=back.extra())

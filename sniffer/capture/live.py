@@ -47,6 +47,10 @@ PACKET_ADD_MEMBERSHIP = 1
 PACKET_RX_RING = 5
 PACKET_STATISTICS = 6
 PACKET_VERSION = 10
+PACKET_FANOUT = 18
+PACKET_FANOUT_HASH = 0
+PACKET_FANOUT_FLAG_UNIQUEID = 0x2000  # (Linux 4.14) the kernel picks an unused group id
+PACKET_FANOUT_FLAG_DEFRAG = 0x8000  # reassemble IP fragments before hashing
 PACKET_MR_PROMISC = 1
 TPACKET_V3 = 2
 SO_ATTACH_FILTER = 26
@@ -173,10 +177,20 @@ def attach_filter(sock: socket.socket, insns: list[Insn]) -> None:
 # -- network namespaces ------------------------------------------------------------------------
 
 def _setns(fd: int) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.setns(fd, CLONE_NEWNET) != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, os.strerror(e))
+    from pyroute2 import netns  # (imported only when a namespace is used: ~0.1 s)
+
+    netns.setns(fd, flags=0)
+
+
+def ns_label(ns: str) -> str:
+    """How a namespace is named in capture points and summaries: its name under
+    /var/run/netns, ``pid-PID`` for ``/proc/PID/ns/net``, else the file's name."""
+    if "/" not in ns:
+        return ns
+    parts = [p for p in ns.split("/") if p]
+    if len(parts) >= 4 and parts[-3] == "ns" and parts[-4].isdigit():
+        return f"pid-{parts[-4]}"
+    return parts[-1] if parts else ns
 
 
 def in_netns(name: str, fn: Callable[[], object]) -> object:
@@ -191,6 +205,8 @@ def in_netns(name: str, fn: Callable[[], object]) -> object:
     except PermissionError:
         raise WirespanError(f"cannot open network namespace {path}: permission denied",
                             "run as root") from None
+    except OSError as e:
+        raise WirespanError(f"cannot open network namespace {path}: {e.strerror}") from None
     orig = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
         try:
@@ -214,8 +230,12 @@ class LiveSocket:
 
     def __init__(self, interface: str, bpf: str = "tcp", *, snaplen: int = 262144,
                  promisc: bool = False, ring: RingConfig | None = None,
-                 namespace: str = "") -> None:
+                 namespace: str = "", fanout: int | None = None) -> None:
+        """``fanout``: join this PACKET_FANOUT group (hash mode, so both directions of a
+        flow go to the same member); ``-1`` asks the kernel for a new, unused group id
+        (``fanout_id`` says which, for the other members to join; 0 is a valid id)."""
         self.interface = interface
+        self.fanout_id = fanout
         self.namespace = namespace
         self.snaplen = snaplen
         self.ring = ring or RingConfig()
@@ -231,7 +251,8 @@ class LiveSocket:
             in_netns(namespace, lambda: self._open(bpf, promisc))
         else:
             self._open(bpf, promisc)
-        self.point = CapturePoint("live", interface, self.linktype, namespace, snaplen)
+        self.point = CapturePoint("live", interface, self.linktype, ns_label(namespace),
+                                  snaplen)
 
     def _open(self, bpf: str, promisc: bool) -> None:
         iface = self.interface
@@ -258,7 +279,10 @@ class LiveSocket:
                                     "interfaces")
             self.linktype = lt
             self.loopback = hatype == ARPHRD_LOOPBACK
-            attach_filter(s, compile_filter(bpf, lt, self.snaplen))
+            insns = compile_filter(bpf, lt, self.snaplen)
+            # Nothing may reach the ring before the real filter (and, with fanout, the group)
+            # are in place: a filter that drops everything until then.
+            attach_filter(s, [(0x06, 0, 0, 0)])  # BPF_RET|BPF_K 0
             s.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V3)
             r = self.ring
             frames = r.block_size // r.frame_size * r.block_count
@@ -270,7 +294,10 @@ class LiveSocket:
             if promisc:
                 mreq = struct.pack("=iHH8s", self.ifindex, PACKET_MR_PROMISC, 0, b"")
                 s.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, mreq)
-            s.bind((iface, ETH_P_ALL))  # from here on packets arrive
+            s.bind((iface, ETH_P_ALL))
+            if self.fanout_id is not None:
+                self._join_fanout(s)
+            attach_filter(s, insns)  # from here on packets arrive
             self.read_stats()  # anything counted before the filter was in place
             self.kernel_packets = self.kernel_drops = self.kernel_freezes = 0
         except OSError as e:
@@ -283,6 +310,17 @@ class LiveSocket:
         except BaseException:
             self.close()
             raise
+
+    def _join_fanout(self, s: socket.socket) -> None:
+        mode = PACKET_FANOUT_HASH | PACKET_FANOUT_FLAG_DEFRAG
+        if self.fanout_id is not None and self.fanout_id >= 0:
+            s.setsockopt(SOL_PACKET, PACKET_FANOUT, struct.pack("=I", self.fanout_id | mode << 16))
+            return
+        # the first member: a group id nobody else on this interface uses
+        s.setsockopt(SOL_PACKET, PACKET_FANOUT,
+                     struct.pack("=I", (mode | PACKET_FANOUT_FLAG_UNIQUEID) << 16))
+        self.fanout_id = struct.unpack("=I", s.getsockopt(SOL_PACKET, PACKET_FANOUT, 4))[0] \
+            & 0xFFFF
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -373,9 +411,17 @@ class LiveCapture:
     def __init__(self, interfaces: list[tuple[str, str]], bpf: str = "tcp", *,
                  snaplen: int = 262144, promisc: bool = False,
                  ring: RingConfig | None = None, duration: float = 0.0,
-                 on_tick: Callable[[LiveCapture], None] | None = None) -> None:
+                 on_tick: Callable[[LiveCapture], None] | None = None,
+                 fanout: dict[tuple[str, str], int] | None = None,
+                 on_batch: Callable[[int], None] | None = None) -> None:
+        """``fanout``: join each interface's PACKET_FANOUT group, ``{(ns, name): id}``; an
+        interface missing from the dict gets a new group, whose id is put in the dict (pass
+        the same dict to the other members). ``on_batch(watermark_ns)`` is called each time
+        every packet the kernel had handed over has been consumed: no packet older than
+        ``watermark_ns`` is still to come from these sockets."""
         self.sockets: list[LiveSocket] = []
         self.on_tick = on_tick  # called about once a second (a status line)
+        self.on_batch = on_batch
         self.skipped: list[tuple[str, str]] = []
         self.duration = duration
         self._stop = False
@@ -383,8 +429,12 @@ class LiveCapture:
             named = set(interfaces)
             for ns, name in expand_any(interfaces):
                 try:
-                    self.sockets.append(LiveSocket(name, bpf, snaplen=snaplen,
-                                                   promisc=promisc, ring=ring, namespace=ns))
+                    gid = None if fanout is None else fanout.get((ns, name), -1)
+                    sock = LiveSocket(name, bpf, snaplen=snaplen, promisc=promisc, ring=ring,
+                                      namespace=ns, fanout=gid)
+                    self.sockets.append(sock)
+                    if fanout is not None and sock.fanout_id is not None:
+                        fanout[(ns, name)] = sock.fanout_id
                 except UnsupportedLinkType:
                     if (ns, name) in named:
                         raise
@@ -409,6 +459,10 @@ class LiveCapture:
             batch.sort(key=lambda r: r[0])  # interleave interfaces by kernel time
         return batch
 
+    @property
+    def _retire_ns(self) -> int:
+        return (max((s.ring.timeout_ms for s in self.sockets), default=10) + 20) * 1_000_000
+
     def __iter__(self) -> Iterator[Record]:
         socks = self.sockets
         deadline = time.monotonic() + self.duration if self.duration > 0 else None
@@ -426,12 +480,17 @@ class LiveCapture:
                     s.read_stats()
                 if self.on_tick is not None:
                     self.on_tick(self)
+            before = time.time_ns()
             try:
                 ready, _, _ = select.select(socks, [], [], wait)
             except InterruptedError:  # pragma: no cover - PEP 475 retries
                 continue
             if ready:
                 yield from self._drain_all(ready)
+            if self.on_batch is not None:
+                # every block retired before the select has been read: packets older than a
+                # block timeout (and a margin for the kernel) are all in
+                self.on_batch(before - self._retire_ns)
         # the last partly filled blocks are handed over at most one block timeout from now
         time.sleep(timeout)
         yield from self._drain_all(socks)
