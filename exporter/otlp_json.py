@@ -37,7 +37,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
-from .spans import SpanRecord
+from .spans import SpanRecord, by_resource
 
 SCOPE_NAME = "wirespan"
 
@@ -63,11 +63,17 @@ def _kvs(attrs: dict[str, Any]) -> list[KeyValue]:
 def encode(spans: Iterable[SpanRecord], resource: dict[str, Any],
            version: str = "") -> ExportTraceServiceRequest:
     req = ExportTraceServiceRequest()
-    rs = req.resource_spans.add()
-    rs.resource.attributes.extend(_kvs(resource))
-    ss = rs.scope_spans.add()
-    ss.scope.name = SCOPE_NAME
-    ss.scope.version = version
+    for res, group in by_resource(spans, resource) or [(resource, [])]:
+        rs = req.resource_spans.add()
+        rs.resource.attributes.extend(_kvs(res))
+        ss = rs.scope_spans.add()
+        ss.scope.name = SCOPE_NAME
+        ss.scope.version = version
+        _encode_spans(ss, group)
+    return req
+
+
+def _encode_spans(ss: Any, spans: list[SpanRecord]) -> None:
     for s in spans:
         sp = ss.spans.add()
         sp.trace_id = bytes.fromhex(s.trace_id)
@@ -82,7 +88,6 @@ def encode(spans: Iterable[SpanRecord], resource: dict[str, Any],
         sp.end_time_unix_nano = max(s.end_ns, s.start_ns)
         sp.attributes.extend(_kvs(s.attributes))
         sp.status.CopyFrom(Status(code=s.status_code, message=s.status_message))  # type: ignore[arg-type]
-    return req
 
 
 def _hex_ids(d: Any) -> None:
@@ -216,12 +221,16 @@ def _fast_span(s: SpanRecord) -> str:
 def fast_json_line(spans: Iterable[SpanRecord], resource: dict[str, Any],
                    version: str = "") -> str:
     """``to_json_line(encode(spans, resource, version))``, built directly (see module doc)."""
-    res = ('{"attributes":[' + _fast_kvs(resource) + "]}") if resource else "{}"
     scope = '{"name":' + _jstr(SCOPE_NAME) + (
         (',"version":' + _jstr(version)) if version else "") + "}"
-    body = ",".join([_fast_span(s) for s in spans])
-    return ('{"resourceSpans":[{"resource":' + res + ',"scopeSpans":[{"scope":' + scope
-            + ((',"spans":[' + body + "]") if body else "") + "}]}]}")
+    groups = by_resource(spans, resource) or [(resource, [])]
+    out = []
+    for r, group in groups:
+        res = ('{"attributes":[' + _fast_kvs(r) + "]}") if r else "{}"
+        body = ",".join([_fast_span(s) for s in group])
+        out.append('{"resource":' + res + ',"scopeSpans":[{"scope":' + scope
+                   + ((',"spans":[' + body + "]") if body else "") + "}]}")
+    return '{"resourceSpans":[' + ",".join(out) + "]}"
 
 
 def default_resource(service_name: str) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from .otlp_json import SCOPE_NAME
-from .spans import SpanRecord
+from .spans import SpanRecord, by_resource
 
 _I64_MIN, _I64_MAX, _U64_MAX = -(1 << 63), (1 << 63) - 1, (1 << 64) - 1
 _pack_d = struct.Struct("<d").pack
@@ -140,9 +140,12 @@ def encode_bytes(spans: Iterable[SpanRecord], resource: dict[str, Any],
     """``otlp_json.encode(spans, resource, version).SerializeToString()``, built directly."""
     scope = _ld(b"\x0a", SCOPE_NAME.encode()) + (_ld(b"\x12", version.encode())
                                                   if version else b"")
-    ss = _ld(b"\x0a", scope) + b"".join([_ld(b"\x12", _span(s)) for s in spans])
-    rs = _ld(b"\x0a", _attrs(b"\x0a", resource)) + _ld(b"\x12", ss)
-    return _ld(b"\x0a", rs)
+    out = []
+    for res, group in by_resource(spans, resource) or [(resource, [])]:
+        ss = _ld(b"\x0a", scope) + b"".join([_ld(b"\x12", _span(s)) for s in group])
+        rs = _ld(b"\x0a", _attrs(b"\x0a", res)) + _ld(b"\x12", ss)
+        out.append(_ld(b"\x0a", rs))  # (a repeated field: the entries side by side)
+    return b"".join(out)
 
 
 __all__ = ["encode_bytes"]

@@ -19,6 +19,7 @@ import hashlib
 import ipaddress
 import re
 from dataclasses import dataclass, field
+from collections.abc import Iterable
 from typing import Any
 
 from sniffer.correlate import Hop
@@ -72,6 +73,22 @@ class SpanRecord:
     status_message: str = ""
     attributes: dict[str, Any] = field(default_factory=dict)
     trace_state: str = ""
+    # the resource this span belongs to, when not the writer's own (the agent: the pod's)
+    resource: dict[str, Any] | None = None
+
+
+def by_resource(spans: Iterable[SpanRecord], default: dict[str, Any]
+                ) -> list[tuple[dict[str, Any], list[SpanRecord]]]:
+    """Spans grouped by their resource (``span.resource``, else ``default``), in order of
+    first appearance: one OTLP ResourceSpans each."""
+    groups: dict[int, tuple[dict[str, Any], list[SpanRecord]]] = {}
+    for s in spans:
+        r = s.resource if s.resource is not None else default
+        g = groups.get(id(r))
+        if g is None:
+            g = groups[id(r)] = (r, [])
+        g[1].append(s)
+    return list(groups.values())
 
 
 def _digest(*parts: object) -> bytes:

@@ -110,7 +110,8 @@ def to_zipkin(s: SpanRecord, resource: dict[str, Any], version: str = "") -> dic
 
 def zipkin_json(spans: Iterable[SpanRecord], resource: dict[str, Any], version: str = "") -> str:
     """One JSON array: the body ``POST /api/v2/spans`` takes, and one line of the file."""
-    return json.dumps([to_zipkin(s, resource, version) for s in spans],
+    return json.dumps([to_zipkin(s, s.resource if s.resource is not None else resource, version)
+                       for s in spans],
                       separators=(",", ":"), ensure_ascii=False)
 
 

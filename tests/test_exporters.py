@@ -221,6 +221,34 @@ def test_fast_protobuf_equals_serialize_to_string(spans: list[SpanRecord], resou
     assert len(back.resource_spans[0].scope_spans[0].spans) == len(spans)
 
 
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(spans=st.lists(_spans, min_size=1, max_size=6), pods=st.lists(_attrs, min_size=1,
+       max_size=3), resource=_attrs, picks=st.lists(st.integers(0, 3), min_size=6, max_size=6))
+def test_spans_with_their_own_resource_are_grouped(spans: list[SpanRecord], pods: list[dict],
+                                                   resource: dict, picks: list[int]) -> None:
+    """The agent gives each span its pod's resource: one ResourceSpans per resource, in order
+    of first appearance, in all three encoders, and each span under its own resource."""
+    from exporter.otlp_json import fast_json_line, to_json_line
+
+    for s, k in zip(spans, picks):
+        s.resource = pods[k] if k < len(pods) else None
+    ref = encode(spans, resource, "1")
+    assert encode_bytes(spans, resource, "1") == ref.SerializeToString()
+    assert fast_json_line(spans, resource, "1") == to_json_line(ref)
+    want: list[int] = []
+    for s in spans:
+        r = id(s.resource if s.resource is not None else resource)
+        if r not in want:
+            want.append(r)
+    assert len(ref.resource_spans) == len(want)
+    got = [(sp.span_id.hex(), tuple(sorted(kv.key for kv in rs.resource.attributes)))
+           for rs in ref.resource_spans for sp in rs.scope_spans[0].spans]
+    assert sorted(got) == sorted((s.span_id.lower(), tuple(sorted(
+        s.resource if s.resource is not None else resource))) for s in spans)
+    z = json.loads(zipkin_json(spans, resource))
+    assert len(z) == len(spans)
+
+
 def test_fast_protobuf_rejects_what_the_proto_rejects() -> None:
     for bad in (dict(attributes={"x": 1 << 63}), dict(start_ns=-1), dict(end_ns=1 << 64),
                 dict(trace_id="zz")):
