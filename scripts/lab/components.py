@@ -6,6 +6,7 @@ the scenario needs to read the component's own log afterwards."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -68,10 +69,12 @@ NGINX_LOG = ("'LAB ts=$msec rid=$request_id ci=$remote_addr:$remote_port "
 
 
 def nginx(node: Node, pod: Pod, name: str, port: int, *, files: dict[str, bytes] | None = None,
-          upstream: str | None = None, keepalive: bool = True) -> Proc:
-    """nginx in ``pod`` on 0.0.0.0:``port``: a static app (``files``) or, with ``upstream``,
+          upstream: str | None = None, keepalive: bool = True, addr: str | None = None) -> Proc:
+    """nginx in ``pod`` on 0.0.0.0:``port`` (``addr``:``port`` if given, e.g. 127.0.0.1 for
+    an app only its sidecar reaches): a static app (``files``) or, with ``upstream``,
     an ingress proxying everything there (upstream keep-alive or a new connection per
     request), passing ``X-Request-ID: $request_id`` upstream."""
+    listen = f"{addr}:{port}" if addr else str(port)
     d = node.tmp / name
     www = d / "www"
     for rel, data in (files or {}).items():
@@ -88,7 +91,7 @@ def nginx(node: Node, pod: Pod, name: str, port: int, *, files: dict[str, bytes]
         body = f"""
     upstream up {{ server {upstream}; {ka} }}
     server {{
-        listen {port} reuseport;
+        listen {listen} reuseport;
         location / {{
             proxy_pass http://up;
             proxy_http_version 1.1;
@@ -100,7 +103,7 @@ def nginx(node: Node, pod: Pod, name: str, port: int, *, files: dict[str, bytes]
     else:
         body = f"""
     server {{
-        listen {port} reuseport;
+        listen {listen} reuseport;
         root {www};
         location / {{ add_header x-lab-app {name}; }}
     }}"""
@@ -267,3 +270,246 @@ def read_jsonl(p: Path) -> list[dict]:
         return [json.loads(ln) for ln in p.read_text().splitlines() if ln.strip()]
     except FileNotFoundError:
         return []
+
+
+# -- mTLS mesh (scripts/lab/mtls.py) -----------------------------------------------------------
+
+MESH_DOMAIN = "lab.serviceaccount.identity.linkerd.cluster.local"  # Linkerd-style identities
+LINKERD_SKIP_INBOUND = (4190, 4191)  # the proxy's own admin/tap ports, never redirected
+
+
+@dataclass
+class MeshPki:
+    """A CA made for one run and one certificate per pod's proxy. Everything lives under the
+    node's temp dir (removed at teardown), never in an output dir. ``pem[pod]`` is cert + key
+    (haproxy's ``crt``), owned by the proxy uid, mode 0600, as a proxy owns its identity."""
+
+    dir: Path
+    ca: Path
+    crt: dict[str, Path] = field(default_factory=dict)
+    key: dict[str, Path] = field(default_factory=dict)
+    pem: dict[str, Path] = field(default_factory=dict)
+    identity: dict[str, str] = field(default_factory=dict)
+    info: dict = field(default_factory=dict)  # public facts only: subjects, SANs, fingerprints
+
+    def truth(self) -> dict:
+        return self.info
+
+
+def _openssl(*args: str) -> str:
+    r = subprocess.run(["openssl", *args], capture_output=True, text=True, timeout=30)
+    if r.returncode:
+        raise RuntimeError(f"openssl {' '.join(args)}: {r.stderr}")
+    return r.stdout
+
+
+def _cert_info(crt: Path) -> dict:
+    out = _openssl("x509", "-in", str(crt), "-noout", "-subject", "-issuer", "-serial",
+                   "-fingerprint", "-sha256", "-ext", "subjectAltName,extendedKeyUsage")
+    info: dict = {"san": [], "eku": []}
+    lines = out.splitlines()
+    for i, ln in enumerate(lines):
+        if ln.startswith("subject="):
+            info["subject"] = ln.split("=", 1)[1].strip()
+        elif ln.startswith("issuer="):
+            info["issuer"] = ln.split("=", 1)[1].strip()
+        elif ln.startswith("serial="):
+            info["serial"] = ln.split("=", 1)[1].strip()
+        elif "Fingerprint=" in ln:
+            info["sha256"] = ln.split("=", 1)[1].strip().replace(":", "").lower()
+        elif "Subject Alternative Name" in ln and i + 1 < len(lines):
+            info["san"] = [s.strip() for s in lines[i + 1].split(",")]
+        elif "Extended Key Usage" in ln and i + 1 < len(lines):
+            info["eku"] = [s.strip() for s in lines[i + 1].split(",")]
+    return info
+
+
+def mesh_pki(node: Node, pods: list[str], *, uid: int = PROXY_UID) -> MeshPki:
+    """openssl: an EC P-256 CA (``CN=wirespan-lab-ca <node tag>``), and for each pod a key
+    and a certificate it signs: ``CN=<identity>``, SAN ``DNS:<pod>, DNS:<identity>`` (identity
+    ``<pod>.lab.serviceaccount.identity.linkerd.cluster.local``, as Linkerd names a workload),
+    EKU serverAuth + clientAuth (each proxy is a TLS server inbound and a client outbound)."""
+    d = node.tmp / "pki"
+    d.mkdir(mode=0o711)
+    ca_key, ca = d / "ca.key", d / "ca.crt"
+    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+             "-keyout", str(ca_key), "-out", str(ca), "-days", "2", "-sha256",
+             "-subj", f"/CN=wirespan-lab-ca {node.tag}",
+             "-addext", "basicConstraints=critical,CA:TRUE",
+             "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    ca_key.chmod(0o600)
+    ca.chmod(0o644)
+    pki = MeshPki(d, ca)
+    pki.info = {"ca": _cert_info(ca), "certs": {}}
+    for pod in pods:
+        ident = f"{pod}.{MESH_DOMAIN}"
+        key, csr, crt, pem, ext = (d / f"{pod}.key", d / f"{pod}.csr", d / f"{pod}.crt",
+                                   d / f"{pod}.pem", d / f"{pod}.ext")
+        _openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                 "-nodes", "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={ident}")
+        ext.write_text(f"subjectAltName=DNS:{pod},DNS:{ident}\n"
+                       "basicConstraints=critical,CA:FALSE\n"
+                       "keyUsage=critical,digitalSignature\n"
+                       "extendedKeyUsage=serverAuth,clientAuth\n")
+        _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key),
+                 "-CAcreateserial", "-days", "2", "-sha256", "-extfile", str(ext),
+                 "-out", str(crt))
+        pem.write_bytes(crt.read_bytes() + key.read_bytes())
+        for p in (key, pem):
+            p.chmod(0o600)
+            os.chown(p, uid, uid)
+        crt.chmod(0o644)
+        pki.crt[pod], pki.key[pod], pki.pem[pod], pki.identity[pod] = crt, key, pem, ident
+        pki.info["certs"][pod] = {"identity": ident, **_cert_info(crt)}
+    return pki
+
+
+def proxy_init(node: Node, pod: Pod, *, inbound_port: int = LINKERD_INBOUND_PORT,
+               outbound_port: int = LINKERD_OUTBOUND_PORT, uid: int = PROXY_UID,
+               skip_inbound: tuple[int, ...] = LINKERD_SKIP_INBOUND) -> list[str]:
+    """Linkerd proxy-init's full rule set (its chain names) in ``pod``: every inbound TCP
+    connection (but the proxy's admin ports) is REDIRECTed to ``inbound_port`` in PREROUTING;
+    every outbound one to ``outbound_port`` in OUTPUT, except the proxy's own (``uid``) and
+    anything leaving through ``lo``. Returns the rules as ``iptables`` argument strings."""
+    rules = [
+        ["-t", "nat", "-N", "PROXY_INIT_REDIRECT"],
+        ["-t", "nat", "-A", "PROXY_INIT_REDIRECT", "-p", "tcp", "-m", "multiport", "--dports",
+         ",".join(map(str, skip_inbound)), "-j", "RETURN"],
+        ["-t", "nat", "-A", "PROXY_INIT_REDIRECT", "-p", "tcp", "-j", "REDIRECT",
+         "--to-ports", str(inbound_port)],
+        ["-t", "nat", "-A", "PREROUTING", "-j", "PROXY_INIT_REDIRECT"],
+        ["-t", "nat", "-N", "PROXY_INIT_OUTPUT"],
+        ["-t", "nat", "-A", "PROXY_INIT_OUTPUT", "-m", "owner", "--uid-owner", str(uid),
+         "-j", "RETURN"],
+        ["-t", "nat", "-A", "PROXY_INIT_OUTPUT", "-o", "lo", "-j", "RETURN"],
+        ["-t", "nat", "-A", "PROXY_INIT_OUTPUT", "-p", "tcp", "-j", "REDIRECT", "--to-ports",
+         str(outbound_port)],
+        ["-t", "nat", "-A", "OUTPUT", "-j", "PROXY_INIT_OUTPUT"],
+    ]
+    for r in rules:
+        node.run(pod.ns, "iptables", *r)
+    return [" ".join(r) for r in rules]
+
+
+def iptables_nat(node: Node, pod: Pod) -> list[str]:
+    """``iptables -t nat -S`` in ``pod``: the rules really in place."""
+    return node.run(pod.ns, "iptables", "-t", "nat", "-S").stdout.splitlines()
+
+
+MESH_LOG = ("LAB ts=%Ts.%ms ci=%ci:%cp fe=%fi:%fp bc=%bi:%bp be=%si:%sp b=%b "
+            "Tq=%Tq Tw=%Tw Tc=%Tc Tr=%Tr Ta=%Ta Th=%Th Ti=%Ti TR=%TR Td=%Td st=%ST m=%HM "
+            "p=%HP v=%HV id=%[var(txn.labid)] tp=%[var(txn.tp)] b3t=%[var(txn.b3t)] "
+            "b3=%[var(txn.b3)] b3s=%[var(txn.b3s)] dly=%[var(txn.dly)] "
+            "slept_us=%[var(txn.slept_us)] cid=%[var(txn.cid)] fsslv=%sslv fsslc=%sslc "
+            "falpn=%[var(txn.falpn)] fsni=%[var(txn.fsni)] bsslv=%[ssl_bc_protocol] "
+            "balpn=%[ssl_bc_alpn]")
+TLS_VERSIONS = {"1.2": "TLSv1.2", "1.3": "TLSv1.3"}
+
+
+def haproxy_mesh(node: Node, pod: Pod, name: str, pki: MeshPki, *, direction: str,
+                 delay_header: str, peer: str | None = None,
+                 apps: dict[int, bool] | None = None, tls_max: str | None = None,
+                 reuse: str = "never", ssl_reuse: bool = False, h1_over_h2: bool = False,
+                 seed: int = 1, uid: int = PROXY_UID) -> Proc:
+    """A Linkerd-like sidecar made of haproxy (``mode http``, running as ``uid`` so the
+    pod's OUTPUT redirect exempts it), with the Lua action of mesh.lua sleeping the ms of
+    ``delay_header``, logging one ``LAB`` line per request (MESH_LOG) to its stdout.
+
+    ``direction="outbound"``: ``0.0.0.0:4140`` in plaintext (HTTP/1.1, or h2c detected from
+    its preface); the upstream is the address the app dialled — ``server 0.0.0.0`` (no port):
+    haproxy's ``dst`` of a connection REDIRECTed to it is its SO_ORIGINAL_DST (haproxy asks
+    the socket for it, sock_inet_get_dst) — with mTLS: ``ssl verify required``, the CA, this
+    pod's certificate as client certificate, SNI and verifyhost = ``peer``'s identity, ALPN
+    ``http/1.1`` for HTTP/1 requests and ``h2`` for HTTP/2 ones (gRPC included).
+
+    ``direction="inbound"``: ``0.0.0.0:4143`` with TLS (this pod's certificate, ``verify
+    required`` against the CA: no client certificate, no connection; ALPN h2,http/1.1),
+    ``l5d-client-id`` set to the caller's identity (its certificate's CN), then in plaintext
+    over lo to the app on ``127.0.0.1:<original port>`` (``apps`` {port: speaks h2c}),
+    chosen by ``dst_port`` — the port the caller dialled, again SO_ORIGINAL_DST.
+
+    ``tls_max="1.2"`` pins TLS 1.2 (handshake and certificates in cleartext on the wire).
+    ``reuse``: the outbound's ``http-reuse`` (``never``: one upstream TLS connection per app
+    connection; ``always``: shared). ``ssl_reuse``: let the outbound resume TLS sessions
+    (then only a connection's first handshake carries certificates); off by default
+    (``no-ssl-reuse``): every connection is a full handshake with the client certificate.
+    ``h1_over_h2``: HTTP/1.1 requests go to the peer as h2 too (ALPN h2), as Linkerd's
+    proxies upgrade HTTP/1 between them, so they share (multiplexed) TLS connections."""
+    d = node.tmp / name
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "mesh.lua").write_text((HERE / "mesh.lua").read_text())
+    pem, ca = pki.pem[pod.name], pki.ca
+    vmax = f" ssl-max-ver {TLS_VERSIONS[tls_max]}" if tls_max else ""
+    common = f"""
+    log-format "{MESH_LOG}"
+    http-request set-var(txn.labid) req.hdr(x-lab-id)
+    http-request set-var(txn.tp) req.hdr(traceparent)
+    http-request set-var(txn.b3t) req.hdr(x-b3-traceid)
+    http-request set-var(txn.b3) req.hdr(x-b3-spanid)
+    http-request set-var(txn.b3s) req.hdr(b3)
+    http-request lua.lab_delay_hdr {delay_header}"""
+    if direction == "outbound":
+        assert peer is not None
+        ident = pki.identity[peer]
+        tls = (f"ssl verify required ca-file {ca} crt {pem} sni str({ident}) "
+               f"verifyhost {ident}{vmax}{'' if ssl_reuse else ' no-ssl-reuse'}")
+        body = f"""
+frontend outbound
+    bind 0.0.0.0:{LINKERD_OUTBOUND_PORT}
+    {common}
+    use_backend mesh_h2 if {{ req.ver 2.0 }}
+    default_backend mesh_h1
+
+backend mesh_h1
+    http-reuse {reuse}
+    server peer 0.0.0.0 {tls} alpn {"h2" if h1_over_h2 else "http/1.1"}
+
+backend mesh_h2
+    http-reuse {reuse}
+    server peer 0.0.0.0 {tls} alpn h2
+"""
+        port = LINKERD_OUTBOUND_PORT
+    elif direction == "inbound":
+        bind_tls = f"ssl crt {pem} ca-file {ca} verify required alpn h2,http/1.1{vmax}"
+        apps = apps or {}
+        routes = "\n    ".join(f"use_backend app_{p} if {{ dst_port {p} }}" for p in apps)
+        backends = "\n".join(f"""
+backend app_{p}
+    http-reuse safe
+    server app 127.0.0.1:{p}{" proto h2" if h2 else ""}
+""" for p, h2 in apps.items())
+        body = f"""
+frontend inbound
+    bind 0.0.0.0:{LINKERD_INBOUND_PORT} {bind_tls}
+    http-request set-var(txn.cid) ssl_c_s_dn(CN)
+    http-request set-var(txn.falpn) ssl_fc_alpn
+    http-request set-var(txn.fsni) ssl_fc_sni
+    http-request set-header l5d-client-id %[var(txn.cid)]
+    {common}
+    {routes}
+{backends}"""
+        port = LINKERD_INBOUND_PORT
+    else:
+        raise ValueError(direction)
+    cfg = d / "haproxy.cfg"
+    cfg.write_text(f"""
+global
+    log stdout format raw local0
+    nbthread 1
+    setenv LAB_SEED {seed}
+    lua-load {d}/mesh.lua
+    uid {uid}
+    gid {uid}
+
+defaults
+    mode http
+    log global
+    timeout connect 2s
+    timeout client 20s
+    timeout server 20s
+    option http-keep-alive
+{body}""")
+    proc = node.spawn(pod.ns, name, "haproxy", "-db", "-f", str(cfg))
+    node.wait_listening(pod.ns, port, proc)
+    proc.config = cfg  # type: ignore[attr-defined]
+    return proc

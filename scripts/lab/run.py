@@ -21,7 +21,8 @@ from pathlib import Path
 from .scenarios import SCENARIOS, missing
 
 BUNDLE_N = {"sidecar": 8, "ingress": 8, "ingress-nokeepalive": 8, "chain": 8, "h2": 8,
-            "grpc": 8, "mesh": 8}
+            "grpc": 8, "mesh": 8, "mtls": 45, "mtls-h2": 60, "mtls-grpc": 45, "mtls-tls12": 30,
+            "mtls-concurrent": 39}
 REPO = Path(__file__).resolve().parents[2]
 
 

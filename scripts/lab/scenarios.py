@@ -450,3 +450,11 @@ def missing(*names: str) -> list[str]:
     tools = {"ip", "ss"} | {t for n in (names or SCENARIOS) for t in TOOLS.get(n, ())}
     out += [f"{t} (apt-get install {t})" for t in sorted(tools) if which(t) is None]
     return out
+
+
+# the mTLS mesh scenarios live in mtls.py (which builds on Run/_guard/plan above)
+from . import mtls as _mtls  # noqa: E402
+
+SCENARIOS.update(_mtls.SCENARIOS)
+SEEDS.update(_mtls.SEEDS)
+TOOLS.update(_mtls.TOOLS)
