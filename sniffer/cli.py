@@ -163,6 +163,30 @@ def _build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-status", dest="status", action="store_false",
                    help="never show it (default: shown when stderr is a terminal)")
     _add_output_options(c)
+    a = sub.add_parser(
+        "agent",
+        help="the node agent: capture every pod network namespace, export spans over OTLP",
+        description="Run as the node agent (a privileged DaemonSet): find every pod network "
+                    "namespace on the node, capture each pod's interfaces (eth0 and lo by "
+                    "default), correlate proxy hops across all pods, export spans with "
+                    "Kubernetes metadata over OTLP, and serve /metrics, /healthz, /readyz. "
+                    "Configuration: a YAML file (see deploy/configmap.yaml and "
+                    "docs/operations.md) with WIRESPAN_<SECTION>_<KEY> environment overrides.",
+        epilog="examples:\n  wirespan agent --config /etc/wirespan/agent.yaml\n"
+               "  WIRESPAN_EXPORT_OTLP_ENDPOINT=http://127.0.0.1:4317 wirespan agent -o -\n\n"
+               "Needs root (CAP_NET_RAW, CAP_SYS_ADMIN for setns, CAP_SYS_PTRACE for "
+               "/proc/PID/ns/net). SIGTERM flushes and exits within shutdown_grace_s.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    a.add_argument("--config", metavar="FILE",
+                   help="the agent's YAML configuration (default: built-in defaults + env)")
+    a.add_argument("--listen", metavar="HOST:PORT",
+                   help="serve /metrics, /healthz, /readyz here (overrides listen:; "
+                        "default 0.0.0.0:9102)")
+    a.add_argument("-o", "--output", metavar="PATH",
+                   help="also write spans as OTLP/JSON lines to PATH ('-' for stdout)")
+    a.add_argument("--check-config", action="store_true",
+                   help="validate the configuration, print the effective one, and exit")
     return p
 
 
@@ -448,6 +472,24 @@ def _run_fanout(fan: Any, tee: Any, saved: Any, stats: Any, kw: dict[str, Any],
                    stats=stats, extra=extra_summary)
 
 
+def _agent(args: argparse.Namespace) -> int:
+    from .agent.config import load_config
+
+    env = dict(os.environ)
+    if args.listen:
+        env["WIRESPAN_LISTEN"] = args.listen
+    cfg = load_config(args.config, env)
+    if args.check_config:
+        json.dump(cfg.to_dict(), sys.stdout, indent=1)
+        sys.stdout.write("\n")
+        for w in cfg.warnings:
+            print(f"{PROG}: warning: {w}", file=sys.stderr)
+        return 0
+    from .agent.run import main as agent_main
+
+    return agent_main(cfg, output=args.output)
+
+
 def _open_outputs(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     """The span outputs of -o / --otlp-endpoint / --zipkin-endpoint, and the pipeline
     callbacks that feed them (shared by replay and capture)."""
@@ -504,7 +546,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     try:
-        handlers: dict[str, Any] = {"replay": _replay, "capture": _capture}
+        handlers: dict[str, Any] = {"replay": _replay, "capture": _capture, "agent": _agent}
         return int(handlers[args.command](args))
     except WirespanError as e:
         print(f"{PROG}: error: {e.message}", file=sys.stderr)

@@ -298,6 +298,11 @@ class Backend:
         self.exchange = ExchangeCounter(then)  # call it with each finished exchange
         self.tls = TlsCounter(on_tls)  # ... and with each finished TLS session
 
+    def tick(self, now_ns: int) -> None:
+        """Live sources: capture time has reached ``now_ns`` even if no exchange says so
+        (legs that have settled are matched and handed on without waiting for traffic)."""
+        self.corr._advance(now_ns)
+
     def finish(self) -> None:
         self.corr.finish()
 
