@@ -228,6 +228,100 @@ def proxy_span(hop: Hop, keep_query: bool = False) -> SpanRecord:
                       trace_state=ctx.tracestate if ctx is not None else "")
 
 
+def _dwell_attrs(attrs: dict[str, Any], dw: Any, ambiguous: bool) -> None:
+    attrs["wirespan.proxy.request_dwell_ns"] = dw.request_ns
+    attrs["wirespan.proxy.response_dwell_ns"] = dw.response_ns
+    attrs["wirespan.proxy.upstream_connect_ns"] = dw.connect_ns
+    if ambiguous:
+        attrs["wirespan.proxy.request_dwell_min_ns"] = dw.request_min_ns
+        attrs["wirespan.proxy.request_dwell_max_ns"] = dw.request_max_ns
+        attrs["wirespan.proxy.response_dwell_min_ns"] = dw.response_min_ns
+        attrs["wirespan.proxy.response_dwell_max_ns"] = dw.response_max_ns
+
+
+def mesh_spans(mh: Any, keep_query: bool = False) -> list[SpanRecord]:
+    """A mesh hop (``sniffer.meshhop.MeshHop``) -> the outbound sidecar's span (parent: the
+    span id the caller sent), the network's between the sidecars (parent: the outbound
+    span), and the inbound sidecar's (parent: the network span), when the callee was seen.
+    Times at each sidecar come from its plaintext leg and the TLS records at its end."""
+    dx = mh.down.ex
+    ctx = mh.down.ctx
+    d_out = _digest("mesh-out", *_ident(dx))
+    attrs: dict[str, Any] = {"wirespan.span.role": "proxy"}
+    trace_id, parent = _trace(ctx, d_out, attrs)
+    name, status, message, _end = _http_attrs(dx, ctx, keep_query, attrs)
+    tls_attrs: dict[str, Any] = {}
+    if mh.sni:
+        tls_attrs["tls.server.name"] = mh.sni
+    if mh.alpn:
+        tls_attrs["tls.next_protocol"] = mh.alpn
+    if mh.tls_version:
+        tls_attrs["tls.protocol.version"] = mh.tls_version.removeprefix("TLS ")
+    common = {"wirespan.match": "tls-timing", **tls_attrs}
+    if mh.ambiguous:
+        common["wirespan.match.ambiguous"] = True
+    attrs.update(common)
+    _dwell_attrs(attrs, mh.outbound, mh.ambiguous)
+    attrs.update({
+        "wirespan.proxy.address": mh.outbound_address,
+        "wirespan.upstream.address": mh.inbound_address,
+        "wirespan.proxy.direction": "outbound",
+        "wirespan.proxy.upstream_duration_ns": mh.resp_end_a - mh.req_a,
+    })
+    out = [SpanRecord(trace_id=trace_id, span_id=d_out[:8].hex(), parent_span_id=parent,
+                      name=name, kind=KIND_SERVER, start_ns=mh.down.req_first_max,
+                      end_ns=max(mh.down.resp_last_min, mh.down.req_first_max),
+                      status_code=status,
+                      status_message=message, attributes=attrs,
+                      trace_state=ctx.tracestate if ctx is not None else "")]
+    if mh.up is None:
+        return out
+    ux = mh.up.ex
+    d_net = _digest("mesh-net", *_ident(dx), *_ident(ux))
+    host, port = mh.inbound_address.rsplit(":", 1)
+    net = {"wirespan.span.role": "network", **common,
+           "server.address": host.strip("[]"), "server.port": int(port),
+           "client.address": _ip(mh.client[0]), "client.port": mh.client[1],
+           "wirespan.network.request_ns": mh.network_request_ns,
+           "wirespan.network.response_ns": mh.network_response_ns}
+    if mh.points:
+        net["wirespan.capture.interfaces"] = sorted(set(mh.points))
+    out.append(SpanRecord(trace_id=trace_id, span_id=d_net[:8].hex(),
+                          parent_span_id=d_out[:8].hex(), name=f"TLS {mh.inbound_address}",
+                          kind=KIND_CLIENT, start_ns=mh.req_a,
+                          end_ns=max(mh.resp_end_a, mh.req_a), status_code=STATUS_UNSET,
+                          attributes=net,
+                          trace_state=ctx.tracestate if ctx is not None else ""))
+    d_in = _digest("mesh-in", *_ident(ux))
+    uctx = mh.up.ctx
+    ia: dict[str, Any] = {"wirespan.span.role": "proxy"}
+    if ctx is not None:
+        ia["wirespan.trace.format"] = ctx.format
+    else:
+        ia["wirespan.trace.synthetic"] = True
+    iname, istatus, imsg, _ = _http_attrs(ux, uctx, keep_query, ia)
+    ia.update(common)
+    _dwell_attrs(ia, mh.inbound, mh.ambiguous)
+    ia.update({
+        "wirespan.proxy.address": mh.inbound_address,
+        "wirespan.upstream.address": _ep_text(ux.dialled or ux.server),
+        "wirespan.proxy.direction": "inbound",
+        "wirespan.proxy.upstream_duration_ns": mh.up.resp_last_max - mh.up.req_first_min,
+        "wirespan.proxy.span_id_rewritten": bool(ctx and uctx and ctx.span_id != uctx.span_id),
+    })
+    out.append(SpanRecord(trace_id=trace_id, span_id=d_in[:8].hex(),
+                          parent_span_id=d_net[:8].hex(), name=iname, kind=KIND_SERVER,
+                          start_ns=mh.req_b, end_ns=max(mh.resp_end_b, mh.req_b),
+                          status_code=istatus, status_message=imsg, attributes=ia,
+                          trace_state=ctx.tracestate if ctx is not None else ""))
+    return out
+
+
+def _ep_text(ep: tuple[bytes, int]) -> str:
+    ip = ipaddress.ip_address(ep[0])
+    return f"[{ip}]:{ep[1]}" if ip.version == 6 else f"{ip}:{ep[1]}"
+
+
 class SpanBuilder:
     """Decides which exchanges and hops become spans (``mode``: traced | all | proxy)."""
 
@@ -245,6 +339,9 @@ class SpanBuilder:
 
     def hop(self, hop: Hop) -> SpanRecord:
         return proxy_span(hop, self.keep_query)
+
+    def mesh(self, mh: Any) -> list[SpanRecord]:
+        return mesh_spans(mh, self.keep_query)
 
     def __call__(self, ex: Exchange) -> SpanRecord | None:
         """An exchange on its own, without correlation."""

@@ -513,7 +513,11 @@ def _open_outputs(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         if span is not None:
             writer.add(span)
 
-    kw.update(on_hop=on_hop, on_unmatched=on_unmatched)
+    def on_mesh(mh: Any) -> None:
+        for span in build.mesh(mh):
+            writer.add(span)
+
+    kw.update(on_hop=on_hop, on_unmatched=on_unmatched, on_mesh=on_mesh)
     return writer, kw
 
 

@@ -16,7 +16,8 @@ from typing import Any
 from .capture import Capture, CapturePoint, Record, linktype_name, merge, open_capture
 from .decode import ETH_IP4_TCP, Decoder
 from .errors import WirespanError
-from .correlate import Correlator, Hop
+from .correlate import Correlator, Hop, Leg, ProxyStats
+from .meshhop import MeshHop, MeshMatcher, ProxyDwell
 from .exchange import Exchange
 from .proto import Dispatcher
 from .proto.tls import TlsSession
@@ -248,7 +249,8 @@ def run_replay(paths: list[str], *, count: int = 0, factory: ConsumerFactory | N
                on_exchange: Callable[[Exchange], None] | None = None,
                on_hop: Callable[[Hop], None] | None = None,
                on_unmatched: Callable[[Exchange, TraceContext | None], None] | None = None,
-               on_tls: Callable[[TlsSession], None] | None = None) -> Summary:
+               on_tls: Callable[[TlsSession], None] | None = None,
+               on_mesh: Callable[[MeshHop], None] | None = None) -> Summary:
     """Replay capture files through the engine. ``progress(packets, done, total)`` in raw bytes.
 
     By default every connection goes through protocol detection and the parsers; each
@@ -269,7 +271,8 @@ def run_replay(paths: list[str], *, count: int = 0, factory: ConsumerFactory | N
         return run_records(merge(caps, stats), lambda: [p for c in caps for p in c.points],
                            files=paths, stats=stats, count=count, factory=factory,
                            tcp_config=tcp_config, progress=cb, on_exchange=on_exchange,
-                           on_hop=on_hop, on_unmatched=on_unmatched, on_tls=on_tls)
+                           on_hop=on_hop, on_unmatched=on_unmatched, on_tls=on_tls,
+                           on_mesh=on_mesh)
     finally:
         for c in caps:
             c.close()
@@ -277,34 +280,74 @@ def run_replay(paths: list[str], *, count: int = 0, factory: ConsumerFactory | N
 
 class Backend:
     """Everything after the parsers, for one capture: exchange and TLS counters, the proxy
-    correlator and the callbacks. In-process it sits right behind the engine; with fanout
-    workers (``sniffer.capture.fanout``) the workers run engines and the one ``Backend`` in
-    the main process is fed their exchanges, so both legs of a hop meet whatever worker
-    parsed them."""
+    correlator, the mesh-hop matcher and the callbacks. In-process it sits right behind the
+    engine; with fanout workers (``sniffer.capture.fanout``) the workers run engines and the
+    one ``Backend`` in the main process is fed their exchanges, so both legs of a hop meet
+    whatever worker parsed them.
+
+    The correlator pairs the two plaintext ends of a request through two meshed sidecars
+    (caller's lo, callee's lo) as if they were one proxy's legs; ``MeshMatcher`` takes those
+    pairs over and measures both sidecars from the TLS records between them
+    (``sniffer.meshhop``), and the hops it does not take go on to ``on_hop``."""
 
     def __init__(self, stats: Stats, *,
                  on_exchange: Callable[[Exchange], None] | None = None,
                  on_hop: Callable[[Hop], None] | None = None,
                  on_unmatched: Callable[[Exchange, TraceContext | None], None] | None = None,
-                 on_tls: Callable[[TlsSession], None] | None = None) -> None:
+                 on_tls: Callable[[TlsSession], None] | None = None,
+                 on_mesh: Callable[[MeshHop], None] | None = None) -> None:
         self.stats = stats
-        self.corr = corr = Correlator(on_hop=on_hop, on_exchange=on_unmatched, stats=stats)
+        self.proxies = ProxyStats()
+        self.mesh = mesh = MeshMatcher(on_mesh=self._mesh_hop, on_exchange=on_unmatched,
+                                       stats=stats)
+        self._on_hop, self._on_mesh, self._on_unmatched = on_hop, on_mesh, on_unmatched
+        self.corr = corr = Correlator(on_hop=self._hop, on_exchange=self._unmatched,
+                                      stats=stats)
 
         def then(ex: Exchange) -> None:
             if on_exchange is not None:
                 on_exchange(ex)
             corr.add(ex)
 
+        def tls(session: TlsSession) -> None:
+            mesh.add_tls(session)
+            if on_tls is not None:
+                on_tls(session)
+
         self.exchange = ExchangeCounter(then)  # call it with each finished exchange
-        self.tls = TlsCounter(on_tls)  # ... and with each finished TLS session
+        self.tls = TlsCounter(tls)  # ... and with each finished TLS session
+
+    def _hop(self, hop: Hop) -> None:
+        if self.mesh.offer_hop(hop):
+            return
+        self.proxies.add(hop)
+        if self._on_hop is not None:
+            self._on_hop(hop)
+
+    def _unmatched(self, ex: Exchange, ctx: TraceContext | None) -> None:
+        if ex.dialled is not None and self.mesh.offer_unmatched(ex, Leg(ex, ctx)):
+            return
+        if self._on_unmatched is not None:
+            self._on_unmatched(ex, ctx)
+
+    def _mesh_hop(self, mh: MeshHop) -> None:
+        self.proxies.add(ProxyDwell(mh.outbound_address, mh.outbound.request_ns,
+                                    mh.outbound.response_ns))
+        if mh.inbound is not None:
+            self.proxies.add(ProxyDwell(mh.inbound_address, mh.inbound.request_ns,
+                                        mh.inbound.response_ns))
+        if self._on_mesh is not None:
+            self._on_mesh(mh)
 
     def tick(self, now_ns: int) -> None:
         """Live sources: capture time has reached ``now_ns`` even if no exchange says so
         (legs that have settled are matched and handed on without waiting for traffic)."""
         self.corr._advance(now_ns)
+        self.mesh.advance(now_ns)
 
     def finish(self) -> None:
         self.corr.finish()
+        self.mesh.finish()
 
     def extra(self) -> dict[str, Any]:
         stats, counter, tls = self.stats, self.exchange, self.tls
@@ -315,8 +358,9 @@ class Backend:
             "tls_connections": tls.sessions,
             "tls": {"sni": tls.with_sni, "handshakes_complete": tls.complete,
                     "versions": dict(sorted(tls.versions.items()))},
-            "proxies": self.corr.proxies.summary(),
+            "proxies": self.proxies.summary(),
             "correlation": stats.by_stage("correlate"),
+            "mesh": stats.by_stage("mesh"),
             "protocols": stats.by_stage("protocols"),
             "parse_errors": {
                 **{f"http1:{k}": v for k, v in stats.by_stage("http1").items()
@@ -363,14 +407,15 @@ def run_records(records: Iterable[Record], points: Callable[[], list[CapturePoin
                 on_hop: Callable[[Hop], None] | None = None,
                 on_unmatched: Callable[[Exchange, TraceContext | None], None] | None = None,
                 on_tls: Callable[[TlsSession], None] | None = None,
-                on_engine: Callable[[Engine], None] | None = None) -> Summary:
+                on_engine: Callable[[Engine], None] | None = None,
+                on_mesh: Callable[[MeshHop], None] | None = None) -> Summary:
     """The shared path of replay and live capture: ``records`` (from files or sockets)
     through the engine, the parsers and the correlator, to a ``Summary``. ``points()`` lists
     the capture points once the records are exhausted; ``on_engine`` is given the engine
     before the first record (a live status line reads its counters)."""
     stats = stats if stats is not None else Stats()
     back = Backend(stats, on_exchange=on_exchange, on_hop=on_hop, on_unmatched=on_unmatched,
-                   on_tls=on_tls)
+                   on_tls=on_tls, on_mesh=on_mesh)
     if factory is None:
         factory = Dispatcher(back.exchange, stats, back.tls)
     engine = Engine(stats, factory, tcp_config)

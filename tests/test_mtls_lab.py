@@ -572,7 +572,7 @@ def test_bundled_bursts_consistent_with_the_requests(d: Path) -> None:
     HTTP/1.1, one request in flight: one client burst per request, one server burst per
     response, plus (TLS 1.3) the client's CertificateVerify+Finished (the parser flags only
     the first record of a client-certificate flight as handshake), its encrypted
-    close_notify and the server's NewSessionTickets: at most 2 more per side. TLS 1.2: exactly
+    close_notify and the server's NewSessionTickets: at most 3 more per side. TLS 1.2: exactly
     one per request each way. h2/gRPC: bursts of more than 60 bytes (WINDOW_UPDATE, PING and
     SETTINGS ACK frames are smaller) — requests + at most 3. Concurrent: requests share
     bursts; each side has at least one burst and at most 2 per request + 4 per connection.
@@ -597,7 +597,8 @@ def test_bundled_bursts_consistent_with_the_requests(d: Path) -> None:
         if tls12:
             assert len(cb) == n == len(sb), (c["client"], len(cb), len(sb), n)
         else:
-            slack = 3 if big else 2
+            # (the server's two NewSessionTickets fall in one burst or two, by scheduling)
+            slack = 3
             assert n <= len(cb) <= n + slack and n <= len(sb) <= n + slack, (
                 c["client"], len(cb), len(sb), n)
         for rid in c["requests"][1:]:

@@ -156,7 +156,8 @@ class Agent:
             self.log("info", "kubernetes metadata off: spans carry pod IPs and namespace "
                      "identity only", reason=self.k8s.disabled_reason)
         self.stats = stats = Stats()
-        self.back = Backend(stats, on_hop=self._on_hop, on_unmatched=self._on_unmatched)
+        self.back = Backend(stats, on_hop=self._on_hop, on_unmatched=self._on_unmatched,
+                            on_mesh=self._on_mesh)
         self.engine = Engine(stats, Dispatcher(self.back.exchange, stats, self.back.tls),
                              TcpConfig(max_flows=cfg.limits.max_flows))
         self.discovery = Discovery(cfg.discovery.netns_dirs, cfg.discovery.proc,
@@ -364,6 +365,26 @@ class Agent:
         self.metrics.observe_hop(hop.proxy_address, meta.namespace if meta else "",
                                  meta.name if meta else (pc.pod.label if pc else ""),
                                  hop.request_dwell_ns, hop.response_dwell_ns)
+
+    def _on_mesh(self, mh: Any) -> None:
+        """A call between two meshed pods over mTLS: the outbound sidecar's and the network's
+        spans belong to the caller's pod, the inbound sidecar's to the callee's."""
+        self.hops += 1
+        caller = self._pod_of(mh.down.obs, str(ipaddress.ip_address(mh.client[0])))
+        callee = self.by_ip.get(str(ipaddress.ip_address(mh.server[0])))
+        if callee is None and mh.up is not None:
+            callee = self._pod_of(mh.up.obs, "")
+        spans = self.build.mesh(mh)
+        for i, span in enumerate(spans):
+            self._emit(span, caller if i < 2 else callee)
+        for pc, addr, dw in ((caller, mh.outbound_address, mh.outbound),
+                             (callee, mh.inbound_address, mh.inbound)):
+            if dw is None:
+                continue
+            meta = self.k8s.by_ip(pc.ip) if pc is not None and pc.ip else None
+            self.metrics.observe_hop(addr, meta.namespace if meta else "",
+                                     meta.name if meta else (pc.pod.label if pc else ""),
+                                     dw.request_ns, dw.response_ns)
 
     def _on_unmatched(self, ex: Any, ctx: Any) -> None:
         span = self.build.exchange(ex, ctx)

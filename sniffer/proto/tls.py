@@ -150,6 +150,8 @@ class TlsSession:
     resumed: bool | None = None  # <=1.2 session-id echo / 1.3 pre_shared_key; None unknown
     sslv2_hello: bool = False
     client_hello_ts: int = 0  # first byte of the record carrying the ClientHello
+    syn_ts: int = 0  # the TCP connection's SYN and SYN-ACK, when the capture saw them
+    synack_ts: int = 0
     server_hello_ts: int = 0
     handshake_complete: bool = False
     handshake_ts: int | None = None  # see the module rules
@@ -709,7 +711,8 @@ class TlsConnection:
             conn_id=getattr(conn, "id", 0), point=getattr(conn, "point", None),
             client=(getattr(cl, "src", b""), getattr(cl, "sport", 0)),
             server=(getattr(sv, "src", b""), getattr(sv, "sport", 0)),
-            dialled=getattr(conn, "dialled", None))
+            dialled=getattr(conn, "dialled", None), syn_ts=getattr(conn, "syn_ts", 0) or 0,
+            synack_ts=getattr(conn, "synack_ts", 0) or 0)
         self.conn_roles_inferred = bool(getattr(conn, "roles_inferred", False))
         self.client_side = _Dir(self, True, self.session.from_client)
         self.server_side = _Dir(self, False, self.session.from_server)
