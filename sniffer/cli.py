@@ -388,7 +388,9 @@ def _capture(args: argparse.Namespace) -> int:
             old[sig] = signal.signal(sig, stop)
         where = (f" in network namespace{'s' if len(namespaces) > 1 else ''} "
                  f"{', '.join(ns_label(n) for n in namespaces)}" if namespaces != [""] else "")
-        per = f", {workers} workers" if workers > 1 else ""
+        if fan is not None:
+            workers = fan.workers  # (fewer when some would have nothing to capture)
+        per = f", {workers} workers" if fan is not None else ""
         print(f"{PROG}: listening on {', '.join(args.interface)}{where}, filter "
               f"{args.filter!r}{per}", file=sys.stderr, flush=True)
         try:
@@ -425,8 +427,8 @@ def _capture(args: argparse.Namespace) -> int:
         summary.extra["saved"] = {"path": saved.path, "packets": saved.packets}
     summary.extra["kernel"] = kernel
     summary.extra["kernel_drops"] = sum(v["drops"] for v in kernel.values())
-    if workers > 1:
-        summary.extra["workers"] = workers
+    if fan is not None:
+        summary.extra["workers"] = fan.workers
     return _finish(args, summary, writer, "wirespan capture")
 
 

@@ -229,3 +229,86 @@ def test_spans_out_network_in_with_parents_and_attributes(tmp_path: Path) -> Non
         assert in_s["a"]["wirespan.proxy.address"] == req["dialled"]
         assert int(out_s["startTimeUnixNano"]) <= int(net["startTimeUnixNano"]) \
             <= int(in_s["startTimeUnixNano"])
+
+
+# -- live: wirespan capture on both meshed pods while the lab runs ------------------------------
+
+@pytest.mark.lab
+@pytest.mark.parametrize("scenario,workers", [("mtls", 1), ("mtls-grpc", 2)])
+def test_live_capture_of_the_meshed_pods(scenario: str, workers: int, tmp_path: Path,
+                                         monkeypatch) -> None:
+    """``wirespan capture --netns client --netns server -i eth0 -i lo`` during the scenario
+    (one process, and two fanout workers: each pod's ``lo``, where the outbound REDIRECT
+    gives one connection two address pairs, is whole in one worker): a mesh hop (outbound,
+    network, inbound spans) for every traced request."""
+    import os
+    import signal
+
+    from scripts.lab import node as lab_node
+    from scripts.lab.scenarios import SCENARIOS, missing
+
+    gone = missing(scenario)
+    if gone:
+        pytest.skip(f"cannot run the lab here: {', '.join(gone)}")
+    spans = tmp_path / "live.jsonl"
+    out = tmp_path / "live.json"
+    err = tmp_path / "live.err"
+    state: dict = {}
+    orig = lab_node.Node.capture_all
+    orig_stop = lab_node.Node.stop_captures
+
+    def capture_all(self, out_dir):
+        r = orig(self, out_dir)
+        ns = [a for p in self.pods.values() for a in ("--netns", p.ns)]
+        with open(out, "wb") as o, open(err, "wb") as e:
+            state["p"] = subprocess.Popen(
+                [WIRESPAN, "capture", "--json", "-o", str(spans), "--workers", str(workers),
+                 "-i", "eth0", "-i", "lo", *ns], stdout=o, stderr=e, start_new_session=True)
+        deadline = __import__("time").monotonic() + 15
+        while "listening on" not in err.read_text() and state["p"].poll() is None:
+            assert __import__("time").monotonic() < deadline, err.read_text()
+            __import__("time").sleep(0.05)
+        assert state["p"].poll() is None, err.read_text()
+        return r
+
+    def stop_captures(self):
+        orig_stop(self)
+        p = state.get("p")
+        if p is not None and p.poll() is None:
+            os.kill(p.pid, signal.SIGTERM)
+            state["rc"] = p.wait(60)
+
+    monkeypatch.setattr(lab_node.Node, "capture_all", capture_all)
+    monkeypatch.setattr(lab_node.Node, "stop_captures", stop_captures)
+    try:
+        truth = SCENARIOS[scenario](tmp_path / "lab", n=40)
+    finally:
+        p = state.get("p")
+        if p is not None and p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    assert state.get("rc") == 0, err.read_text()[-2000:]
+    summary = json.loads(out.read_text().splitlines()[-1])
+    assert summary["kernel_drops"] == 0
+    assert summary["mesh"]["hops"] >= len(traced(truth)), summary["mesh"]
+    got: dict[str, dict[str, dict]] = {}
+    for line in spans.read_text().splitlines():
+        for rs in json.loads(line)["resourceSpans"]:
+            for sp in rs["scopeSpans"][0]["spans"]:
+                a = {x["key"]: next(iter(x["value"].values())) for x in sp["attributes"]}
+                role = a.get("wirespan.proxy.direction") or a["wirespan.span.role"]
+                got.setdefault(sp["traceId"], {})[role] = {**sp, "a": a}
+    first = firsts(truth)
+    errs: list[int] = []
+    for r in traced(truth):
+        g = got.get(r["trace"]["trace_id"], {})
+        assert set(g) >= {"outbound", "network", "inbound"}, (r["id"], sorted(g))
+        assert g["outbound"]["parentSpanId"] == r["trace"]["span_id"]
+        if r["id"] in first:
+            continue
+        for side in ("outbound", "inbound"):
+            errs.append(int(g[side]["a"]["wirespan.proxy.request_dwell_ns"]) - slept(r, side))
+    report(f"{scenario} live", {"dwell - slept": errs})
+    # (live, the lab's proxies share 2 cores with the capture and the test: some requests
+    # are scheduled late, by up to ~2 ms measured; the captures above hold the 99% figure)
+    assert sum(abs(x) <= MS for x in errs) >= 0.85 * len(errs), sorted(errs)
+    assert max(abs(x) for x in errs) <= 5 * MS

@@ -10,7 +10,11 @@ Layout (``wirespan capture --workers N``)::
 * The main process opens every socket of every worker (so a bad interface, filter or
   missing privilege is one clear error before anything starts), then forks the workers; each
   keeps its own sockets and closes the others'. Every interface has its own fanout group
-  (the kernel's hash is symmetric, so both directions of a connection reach one worker).
+  (the kernel's hash is symmetric, so both directions of a connection reach one worker) --
+  except ``lo``: behind an outbound REDIRECT (a sidecar) the two directions of one
+  connection carry different address pairs there (``podIP:eph → 127.0.0.1:4140`` and
+  ``dialledIP:port → podIP:eph``), which no packet hash can pair, so each namespace's ``lo``
+  is captured whole by one worker (round robin over the namespaces).
 * A worker runs the same ``Engine`` and ``Dispatcher`` as replay, and sends its finished
   exchanges and TLS sessions to the main process in batches, each with a *watermark*: the
   time before which the worker has consumed every packet the kernel captured
@@ -122,21 +126,37 @@ class FanoutCapture:
         self._conns: list[Connection] = []
         self.groups: dict[tuple[str, str], int] = {}
         self.lives: list[LiveCapture] = []
+        from .live import expand_any
+
+        ifaces = expand_any(interfaces)
+        spaces = list(dict.fromkeys(ns for ns, _ in ifaces))
+        lo = {(ns, n): spaces.index(ns) % workers for ns, n in ifaces if n == "lo"}
         try:
-            for _ in range(workers):
-                self.lives.append(LiveCapture(interfaces, bpf, snaplen=snaplen,
-                                              promisc=promisc, ring=ring, fanout=self.groups))
+            for w in range(workers):
+                self.lives.append(LiveCapture(
+                    interfaces, bpf, snaplen=snaplen, promisc=promisc, ring=ring,
+                    fanout=self.groups, no_fanout=set(lo),
+                    exclude={x for x, owner in lo.items() if owner != w}))
         except BaseException:
             self.close()
             raise
+        # (a worker left with nothing to capture -- only `lo`s, fewer namespaces than
+        # workers -- is not started)
+        idle = [x for x in self.lives if not x.sockets]
+        self.lives = [x for x in self.lives if x.sockets] or self.lives[:1]
+        for x in idle:
+            x.close()
+        self.workers = len(self.lives)
         self.points: dict[str, CapturePoint] = {}  # by name: one object per interface
-        for p in self.lives[0].points:
-            self.points[p.name] = CapturePoint(p.source, p.interface, p.linktype, p.namespace,
-                                               p.snaplen)
+        for live in self.lives:
+            for p in live.points:
+                if p.name not in self.points:
+                    self.points[p.name] = CapturePoint(p.source, p.interface, p.linktype,
+                                                       p.namespace, p.snaplen)
         self.skipped = self.lives[0].skipped
         self._stop = False
-        self.status: list[dict[str, int]] = [{} for _ in range(workers)]
-        self.results: list[dict[str, Any] | None] = [None] * workers
+        self.status: list[dict[str, int]] = [{} for _ in range(self.workers)]
+        self.results: list[dict[str, Any] | None] = [None] * self.workers
         self.failed: list[str] = []
 
     def stop(self) -> None:

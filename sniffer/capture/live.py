@@ -413,10 +413,14 @@ class LiveCapture:
                  ring: RingConfig | None = None, duration: float = 0.0,
                  on_tick: Callable[[LiveCapture], None] | None = None,
                  fanout: dict[tuple[str, str], int] | None = None,
-                 on_batch: Callable[[int], None] | None = None) -> None:
+                 on_batch: Callable[[int], None] | None = None,
+                 no_fanout: set[tuple[str, str]] | None = None,
+                 exclude: set[tuple[str, str]] | None = None) -> None:
         """``fanout``: join each interface's PACKET_FANOUT group, ``{(ns, name): id}``; an
         interface missing from the dict gets a new group, whose id is put in the dict (pass
-        the same dict to the other members). ``on_batch(watermark_ns)`` is called each time
+        the same dict to the other members); those in ``no_fanout`` are opened on their own,
+        those in ``exclude`` not at all (another member captures them).
+        ``on_batch(watermark_ns)`` is called each time
         every packet the kernel had handed over has been consumed: no packet older than
         ``watermark_ns`` is still to come from these sockets."""
         self.sockets: list[LiveSocket] = []
@@ -428,8 +432,11 @@ class LiveCapture:
         try:
             named = set(interfaces)
             for ns, name in expand_any(interfaces):
+                if exclude and (ns, name) in exclude:
+                    continue
                 try:
-                    gid = None if fanout is None else fanout.get((ns, name), -1)
+                    gid = (None if fanout is None or (ns, name) in (no_fanout or ())
+                           else fanout.get((ns, name), -1))
                     sock = LiveSocket(name, bpf, snaplen=snaplen, promisc=promisc, ring=ring,
                                       namespace=ns, fanout=gid)
                     self.sockets.append(sock)
@@ -466,7 +473,7 @@ class LiveCapture:
     def __iter__(self) -> Iterator[Record]:
         socks = self.sockets
         deadline = time.monotonic() + self.duration if self.duration > 0 else None
-        timeout = max(0.05, 2 * max(s.ring.timeout_ms for s in socks) / 1000)
+        timeout = max(0.05, 2 * max((s.ring.timeout_ms for s in socks), default=10) / 1000)
         while not self._stop:
             wait = 0.2
             now = time.monotonic()
