@@ -50,9 +50,12 @@ proxy's two legs) and takes it over. Then, with ``a`` the time at A's eth0 and `
   and was redirected to a non-loopback destination with TLS connections to it gets the
   outbound dwell alone: request records in ``[L1.request.first, L1.response.first]``,
   response records from the earliest request record to ``L1.response.first``.
-* Streaming and bounded: a TLS session is known once its connection has ended (or the
-  capture has); pending hops are resolved at ``finish()``, ``hold_ns`` of capture time after
-  they ended, or when more than ``max_pending`` wait (the oldest first). One that finds no
+* Streaming and bounded: in one process the parser hands each TLS session over when its
+  connection starts (``open_tls``) and fills it in place, with a rolling window of its
+  latest records, so a pending hop is resolved ``settle_ns`` (1 s) of capture time after it
+  ended, on long-lived connections too. Where only ended sessions arrive (fanout workers
+  send a session when its connection ends), a hop waits ``hold_ns`` (30 s). Also at
+  ``finish()``, or when more than ``max_pending`` wait (the oldest first). One that finds no
   TLS connection is handed back as plain exchanges. Ended TLS sessions are kept for
   ``hold_ns`` after their end, at most ``max_sessions``.
 """
@@ -72,6 +75,7 @@ from .stats import Stats
 from .tracecontext import TraceContext
 
 HOLD_NS = 30_000_000_000
+SETTLE_NS = 1_000_000_000
 MAX_PENDING = 20_000
 MAX_SESSIONS = 20_000
 
@@ -224,6 +228,12 @@ def _burst_end(first: list[int], last: list[int], i: int, gap: int = 1_000_000) 
     return end
 
 
+def _ended(s: TlsSession) -> int:
+    """When the connection ended at this capture point (far future while it is open)."""
+    a, b = s.from_client.end_ts, s.from_server.end_ts
+    return max(a, b) if a and b else 1 << 62
+
+
 class _Conn:
     """One TLS connection: its observations (one per capture point), caller side first."""
 
@@ -246,7 +256,7 @@ class _Conn:
         self.down = _Records(da, db, da_last)
         self.down_b_last = db_last
         self.start = min((s.client_hello_ts or s.from_client.end_ts) for s in obs)
-        self.end = max(max(s.from_client.end_ts, s.from_server.end_ts) for s in obs)
+        self.end = max(_ended(s) for s in obs)
 
     @property
     def session(self) -> TlsSession:
@@ -290,13 +300,17 @@ class MeshMatcher:
     def __init__(self, on_mesh: Callable[[MeshHop], None] | None = None,
                  on_exchange: Callable[[Exchange, TraceContext | None], None] | None = None,
                  stats: Stats | None = None, hold_ns: int = HOLD_NS,
-                 max_pending: int = MAX_PENDING, max_sessions: int = MAX_SESSIONS) -> None:
+                 max_pending: int = MAX_PENDING, max_sessions: int = MAX_SESSIONS,
+                 settle_ns: int = SETTLE_NS) -> None:
         self.on_mesh = on_mesh
         self.on_exchange = on_exchange
         self.stats = stats or Stats()
         self.hold_ns = hold_ns
         self.max_pending = max_pending
         self.max_sessions = max_sessions
+        self.settle_ns = settle_ns
+        self.live_sessions = False  # open_tls() is called: records are read as they come
+        self._known: set[int] = set()
         self.pending: deque[_Pending] = deque()
         self.sessions: dict[tuple, list[TlsSession]] = {}  # (client ip, server) -> ended
         self.n_sessions = 0
@@ -330,10 +344,22 @@ class MeshMatcher:
         self.stats.add("mesh", "caller_only_candidates")
         return True
 
+    def open_tls(self, s: TlsSession) -> None:
+        """A TLS connection has begun (its session fills in place as records arrive): with
+        this, a pending hop is resolved ``settle_ns`` after it ended, whether or not the
+        connection has, and long-lived connections between sidecars work."""
+        self.live_sessions = True
+        self._index(s)
+
+    def _index(self, s: TlsSession) -> None:
+        if id(s) not in self._known:
+            self._known.add(id(s))
+            self.sessions.setdefault((s.client[0], s.server), []).append(s)
+
     def add_tls(self, s: TlsSession) -> None:
+        """A TLS connection has ended (its session is complete)."""
         key = (s.client[0], s.server)
-        lst = self.sessions.setdefault(key, [])
-        lst.append(s)
+        self._index(s)
         end = max(s.from_client.end_ts, s.from_server.end_ts)
         self.session_order.append((end, key, s))
         self.n_sessions += 1
@@ -351,6 +377,7 @@ class MeshMatcher:
                 pass
             if not lst:
                 del self.sessions[key]
+        self._known.discard(id(s))
         self.n_sessions -= 1
 
     def _hold(self, p: _Pending) -> None:
@@ -366,8 +393,9 @@ class MeshMatcher:
         if ts > self.now:
             self.now = ts
         horizon = self.now - self.hold_ns
+        ready = self.now - (self.settle_ns if self.live_sessions else self.hold_ns)
         pending = self.pending
-        while pending and pending[0].end < horizon:
+        while pending and pending[0].end < ready:
             self._resolve(pending.popleft())
         order = self.session_order
         while order and order[0][0] < horizon - self.hold_ns:

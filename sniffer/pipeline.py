@@ -20,7 +20,7 @@ from .correlate import Correlator, Hop, Leg, ProxyStats
 from .meshhop import MeshHop, MeshMatcher, ProxyDwell
 from .exchange import Exchange
 from .proto import Dispatcher
-from .proto.tls import TlsSession
+from .proto.tls import TlsConfig, TlsSession
 from .tracecontext import TraceContext
 from .stats import Stats
 from .tcp import FlowTable, TcpConfig
@@ -417,7 +417,8 @@ def run_records(records: Iterable[Record], points: Callable[[], list[CapturePoin
     back = Backend(stats, on_exchange=on_exchange, on_hop=on_hop, on_unmatched=on_unmatched,
                    on_tls=on_tls, on_mesh=on_mesh)
     if factory is None:
-        factory = Dispatcher(back.exchange, stats, back.tls)
+        factory = Dispatcher(back.exchange, stats, back.tls, open_tls=back.mesh.open_tls,
+                             tls_config=TlsConfig(rolling=True))
     engine = Engine(stats, factory, tcp_config)
     if on_engine is not None:
         on_engine(engine)

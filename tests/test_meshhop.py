@@ -312,3 +312,44 @@ def test_live_capture_of_the_meshed_pods(scenario: str, workers: int, tmp_path: 
     # are scheduled late, by up to ~2 ms measured; the captures above hold the 99% figure)
     assert sum(abs(x) <= MS for x in errs) >= 0.85 * len(errs), sorted(errs)
     assert max(abs(x) for x in errs) <= 5 * MS
+
+
+def test_hops_are_resolved_while_the_tls_connections_are_still_open(monkeypatch) -> None:
+    """The TLS parser hands sessions over as their connections start and fills them in
+    place: a hop is resolved ``settle_ns`` (1 s; here 100 ms, the bundle is short) of
+    capture time after it ended, long before its connection closes -- what a node agent on
+    long-lived sidecar connections needs."""
+    import functools
+
+    import sniffer.pipeline as pl
+    from sniffer.capture import merge
+    from sniffer.meshhop import MeshMatcher
+
+    monkeypatch.setattr(pl, "MeshMatcher", functools.partial(MeshMatcher,
+                                                             settle_ns=100_000_000))
+    from sniffer.pipeline import open_all, run_records
+    from sniffer.stats import Stats
+
+    folder = PCAPS / "mtls"
+    stats = Stats()
+    caps = open_all(sorted(str(p) for p in folder.glob("*.pcap")), stats)
+    hops: list[MeshHop] = []
+    at_end: list[int] = []
+    last = [0]
+
+    def records():
+        for r in merge(caps, stats):
+            last[0] = r[0]
+            yield r
+        at_end.append(len(hops))  # before finish(): before any connection is closed
+
+    try:
+        run_records(records(), lambda: [p for c in caps for p in c.points], files=[],
+                    stats=stats, on_mesh=hops.append)
+    finally:
+        for c in caps:
+            c.close()
+    # (the correlator settles a leg for 200 ms before it pairs it, then the mesh matcher waits)
+    early = [h for h in hops if h.down.resp_last_max < last[0] - 350_000_000]
+    assert len(early) >= 10
+    assert at_end[0] >= len(early), (at_end, len(early), len(hops))

@@ -46,6 +46,7 @@ from ..capture.live import LiveSocket, RingConfig, UnsupportedLinkType
 from ..errors import WirespanError
 from ..pipeline import HTTP2_NOT_ERRORS, Backend, Engine, low_gc
 from ..proto import Dispatcher
+from ..proto.tls import TlsConfig
 from ..stats import Stats
 from ..tcp import TcpConfig
 from .config import AgentConfig
@@ -158,7 +159,9 @@ class Agent:
         self.stats = stats = Stats()
         self.back = Backend(stats, on_hop=self._on_hop, on_unmatched=self._on_unmatched,
                             on_mesh=self._on_mesh)
-        self.engine = Engine(stats, Dispatcher(self.back.exchange, stats, self.back.tls),
+        self.engine = Engine(stats, Dispatcher(self.back.exchange, stats, self.back.tls,
+                                               open_tls=self.back.mesh.open_tls,
+                                               tls_config=TlsConfig(rolling=True)),
                              TcpConfig(max_flows=cfg.limits.max_flows))
         self.discovery = Discovery(cfg.discovery.netns_dirs, cfg.discovery.proc,
                                    cfg.discovery.include_host, cfg.discovery.rescan_interval_s,

@@ -25,7 +25,7 @@ from ..stats import Stats
 from ..tcp import Connection
 from .http1 import METHODS, Http1Connection, looks_like_request, looks_like_response
 from .http2 import Http2Connection, find_frame_start
-from .tls import TlsConnection, TlsSession
+from .tls import TlsConfig, TlsConnection, TlsSession
 
 __all__ = ["Dispatcher"]
 
@@ -154,7 +154,9 @@ class _ConnDetect:
                                  mid_stream=conn.roles_inferred and not self._preface())
             targets = (h2.client_side, h2.server_side)
         elif verdict == "tls":
-            t = TlsConnection(conn, d.stats, d.emit_tls)
+            t = TlsConnection(conn, d.stats, d.emit_tls, config=d.tls_config)
+            if d.open_tls is not None:
+                d.open_tls(t.session)
             targets = (t.client_side, t.server_side)
         else:
             sink = _Opaque(d.stats, verdict)
@@ -194,10 +196,17 @@ class Dispatcher:
     """The flow table's consumer factory: detection, then the protocol's parser."""
 
     def __init__(self, emit: Callable[[Exchange], None], stats: Stats,
-                 emit_tls: Callable[[TlsSession], None] | None = None) -> None:
+                 emit_tls: Callable[[TlsSession], None] | None = None, *,
+                 open_tls: Callable[[TlsSession], None] | None = None,
+                 tls_config: TlsConfig | None = None) -> None:
+        """``emit_tls`` gets each TLS session when its connection has ended; ``open_tls``, if
+        given, gets it as soon as the connection is known to be TLS (it fills in place:
+        the mesh-hop matcher reads records of connections that are still open)."""
         self.emit = emit
         self.stats = stats
         self.emit_tls = emit_tls or (lambda session: None)
+        self.open_tls = open_tls
+        self.tls_config = tls_config
 
     def for_connection(self, conn: Connection) -> Dispatcher:
         """A view whose ``emit`` stamps each exchange with its connection's handshake times
@@ -205,6 +214,8 @@ class Dispatcher:
         view = Dispatcher.__new__(Dispatcher)
         view.stats = self.stats
         view.emit_tls = self.emit_tls
+        view.open_tls = self.open_tls
+        view.tls_config = self.tls_config
         emit = self.emit
 
         def stamped(ex: Exchange) -> None:

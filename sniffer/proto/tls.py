@@ -9,7 +9,8 @@ Rules of this module (details and rationale in docs/tls.md)
   is read or kept. Every time is the timestamp of the packet that carried the byte.
 * Records are framed from their 5-byte headers; only cleartext handshake and alert records
   are looked into. Application-data bodies are skipped by length, never copied.
-* Per direction the first ``max_records`` records are kept in compact arrays (content type,
+* Per direction the first ``max_records`` records (or, ``rolling``, the latest) are kept in
+  compact arrays (content type,
   length, first-byte ts, last-byte ts, flags); later ones are only counted. Application-data
   records are grouped into *bursts* (same direction, no record started by the other
   direction in between, each record's first byte within ``burst_gap_ns`` of the previous
@@ -82,6 +83,9 @@ def version_name(v: int) -> str:
 @dataclass(frozen=True, slots=True)
 class TlsConfig:
     max_records: int = 4096  # records kept per direction (the rest are counted)
+    # rolling: keep the *latest* max_records (the oldest half goes when full, counted in
+    # records_dropped) -- for long-lived connections read while open (mesh hops)
+    rolling: bool = False
     max_bursts: int = 4096  # bursts kept per direction
     burst_gap_ns: int = 1_000_000  # max idle between records of one burst
     max_handshake: int = 64 * 1024  # largest ClientHello/ServerHello reassembled
@@ -430,7 +434,14 @@ class _Dir:
         info = self.info
         info.records += 1
         info.record_bytes += self.rlen
-        if len(info.rec_len) < self.tc.config.max_records:
+        cfg = self.tc.config
+        if len(info.rec_len) >= cfg.max_records and cfg.rolling:
+            half = cfg.max_records // 2
+            for arr in (info.rec_type, info.rec_len, info.rec_first_ts, info.rec_last_ts,
+                        info.rec_flags):
+                del arr[:half]
+            info.records_dropped += half
+        if len(info.rec_len) < cfg.max_records:
             info.rec_type.append(self.rtype)
             info.rec_len.append(self.rlen)
             info.rec_first_ts.append(self.rfirst)
