@@ -113,6 +113,8 @@ class AgentProc:
                 return r.status, r.read().decode()
         except urllib.error.HTTPError as e:
             return e.code, e.read().decode()
+        except urllib.error.URLError:  # not listening (yet)
+            return 0, ""
 
     def metric(self, name: str, **labels: str) -> float:
         from prometheus_client.parser import text_string_to_metric_families
@@ -319,3 +321,71 @@ def test_agent_port_in_use_is_one_clear_error(tmp_path):
         s.close()
     assert r.returncode == 1
     assert f"address already in use: 127.0.0.1:{port}" in r.stderr
+
+
+FLOOD_PY = r"""
+import socket, sys, time
+host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+socks = []
+for i in range(n):
+    s = socket.create_connection((host, port))
+    s.sendall(b"GET /hello.txt HTTP/1.1\r\nHost: x\r\n\r\n")
+    socks.append(s)
+for s in socks:
+    s.recv(65536)
+print("open", len(socks), flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_flood_of_connections_stays_within_max_flows(tmp_path):
+    """limits.max_flows bounds the connections the agent tracks node-wide: 400 connections
+    held open against a limit of 64 leave at most 64 tracked (the least recently active are
+    evicted, counted), and the agent keeps serving its endpoints."""
+    _need()
+    from lab import Lab
+
+    lab = Lab()
+    mounted: list[Path] = []
+    netns_dir = tmp_path / "netns"
+    netns_dir.mkdir()
+    (tmp_path / "proc").mkdir()
+    agent = None
+    try:
+        cli, srv = lab.netns("cli"), lab.netns("srv")
+        if_c, if_s = lab.veth(cli, srv, ("10.99.8.1/24",), ("10.99.8.2/24",))
+        lab.nginx(srv, {"/hello.txt": b"hi\n"})
+        cfg = {"listen": f"127.0.0.1:{free_port()}", "kubernetes": {"enabled": "false"},
+               "discovery": {"netns_dirs": [str(netns_dir)], "proc": str(tmp_path / "proc")},
+               "limits": {"max_flows": 64}, "export": {"spans": "all"},
+               "capture": {"interfaces": [if_c, if_s]}}
+        agent = AgentProc(tmp_path, cfg)
+        for name in (cli, srv):
+            (netns_dir / name).touch()
+            subprocess.run(["mount", "--bind", f"/var/run/netns/{name}",
+                            str(netns_dir / name)], check=True)
+            mounted.append(netns_dir / name)
+        wait_for(lambda: agent.metric("wirespan_pods_captured") == 2 or agent.p.poll() is not None,
+                 "2 pods", timeout=20)
+        assert agent.p.poll() is None, agent.err.read_text()
+        script = lab.tmp / "flood.py"
+        script.write_text(FLOOD_PY)
+        flood = lab.spawn(cli, "flood", sys.executable, "-u", str(script), "10.99.8.2", "8080",
+                          "400")
+        wait_for(lambda: "open 400" in flood.output() or not flood.alive(), "the flood",
+                 timeout=60)
+        assert flood.alive(), flood.output()
+        time.sleep(1.5)  # a metrics tick
+        assert 0 < agent.metric("wirespan_flows_active") <= 64
+        assert agent.get("/healthz")[0] == 200
+        rc = agent.stop()
+        assert rc == 0, agent.err.read_text()[-2000:]
+        stopped = agent.logged("stopped")
+        # every connection was seen twice (both ends of the veth): 800 flows for 64 slots
+        assert stopped and stopped[0]["exchanges"] >= 400, stopped
+    finally:
+        if agent is not None:
+            agent.kill()
+        for m in mounted:
+            subprocess.run(["umount", str(m)], check=False)
+        lab.close()
