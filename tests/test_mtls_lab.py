@@ -38,6 +38,7 @@ if str(REPO) not in sys.path:
 
 from scripts.lab import scenarios as S  # noqa: E402
 from scripts.lab.node import ENV  # noqa: E402
+from test_proxy_lab import span_on_wire  # noqa: E402
 
 PCAPS = REPO / "pcaps"
 BUNDLED = sorted(p for p in PCAPS.glob("mtls*") if (p / "truth.json").exists())
@@ -213,18 +214,6 @@ def lo_requests(pcap: Path, h2_ports: list[int]) -> list[dict]:
                     out.append({"t": float(row[0]), "src": f"{row[1]}:{row[2]}",
                                 "dst": f"{row[3]}:{row[4]}", "headers": b})
     return out
-
-
-def span_on_wire(h: dict[str, str]) -> tuple[str | None, str | None]:
-    if "traceparent" in h:
-        _, tid, sid, _ = h["traceparent"].split("-")
-        return tid, sid
-    if "x-b3-spanid" in h:
-        return h.get("x-b3-traceid"), h["x-b3-spanid"]
-    if "b3" in h:
-        tid, sid = h["b3"].split("-")[:2]
-        return tid, sid
-    return None, None
 
 
 # -- LAB tests ---------------------------------------------------------------------------------

@@ -47,27 +47,11 @@ def emit(out, row: dict) -> None:
 # -- HTTP/1.1 ----------------------------------------------------------------------------------
 
 def read_response(sock: socket.socket, buf: bytes) -> tuple[int, bytes, int]:
-    first = 0
-    while b"\r\n\r\n" not in buf:
-        d = sock.recv(65536)
-        if not d:
-            raise ConnectionError("closed before response head")
-        first = first or time.time_ns()
-        buf += d
-    head, rest = buf.split(b"\r\n\r\n", 1)
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split()[1])
-    n = 0
-    for ln in lines[1:]:
-        k, _, v = ln.partition(":")
-        if k.strip().lower() == "content-length":
-            n = int(v.strip())
-    while len(rest) < n:
-        d = sock.recv(65536)
-        if not d:
-            raise ConnectionError("closed in body")
-        rest += d
-    return status, rest[n:], first
+    """(status, bytes after the response, time of its first byte): h1client's reader."""
+    from h1client import read_response as read  # (this script's own directory)
+
+    status, _hdrs, rest, first = read(sock, buf)
+    return status, rest, first
 
 
 def h1(plan: dict, out) -> None:
