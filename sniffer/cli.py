@@ -154,6 +154,9 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="blocks in each interface's ring (default: 32)")
     c.add_argument("--ring-timeout-ms", type=int, default=10, metavar="MS",
                    help="a partly filled block is handed over after this long (default: 10)")
+    c.add_argument("--metrics-port", type=int, default=0, metavar="PORT",
+                   help="serve Prometheus /metrics (and /healthz, /readyz) on 0.0.0.0:PORT "
+                        "while capturing")
     c.add_argument("--json", action="store_true",
                    help="print the summary as one JSON object instead of a table")
     g = c.add_mutually_exclusive_group()
@@ -348,12 +351,65 @@ def _capture(args: argparse.Namespace) -> int:
 
     engines: list[Any] = []
 
+    by_proto: dict[str, int] = {}
+    metrics = health = None
+    if args.metrics_port:
+        if not 0 < args.metrics_port < 65536:
+            raise UsageError("--metrics-port must be between 1 and 65535")
+        from exporter.metrics import Metrics
+
+        from .pipeline import HTTP2_NOT_ERRORS
+
+        metrics = Metrics()
+
+    def update_metrics(packets: dict[str, int], drops: dict[str, int], active: int) -> None:
+        if metrics is None:
+            return
+        for name, n in packets.items():
+            metrics.set_total("wirespan_packets_total", {"interface": name}, n)
+        for name, n in drops.items():
+            metrics.set_total("wirespan_kernel_drops_total", {"interface": name}, n)
+        metrics.set_gauge("wirespan_flows_active", None, active)
+        for proto, n in by_proto.items():
+            metrics.set_total("wirespan_exchanges_total", {"protocol": proto}, n)
+        for stage in ("http1", "http2", "tls"):
+            for reason, n in stats.by_stage(stage).items():
+                if not reason.startswith("opaque_") and (stage != "http2" or
+                                                         reason not in HTTP2_NOT_ERRORS):
+                    metrics.set_total("wirespan_parse_errors_total",
+                                      {"protocol": stage, "reason": reason}, n)
+        gaps = stats.get("tcp", "gaps") + sum(e.flows.gaps for e in engines)
+        metrics.set_total("wirespan_reassembly_gaps_total", None, gaps)
+        if writer is not None:
+            summ = writer.summary()
+            metrics.set_total("wirespan_spans_exported_total", None,
+                              summ.get("spans_exported", summ.get("spans_written", 0)))
+            for reason, n in summ.get("spans_dropped", {}).items():
+                metrics.set_total("wirespan_spans_dropped_total", {"reason": reason}, n)
+
     def status(lc: LiveCapture) -> None:
         flows = stats.get("tcp", "connections") + sum(e.flows.connections for e in engines)
-        status_line(sum(p.packets for p in lc.points), lc.drops, flows)
+        if show:
+            status_line(sum(p.packets for p in lc.points), lc.drops, flows)
+        update_metrics({p.name: p.packets for p in lc.points},
+                       {s.point.name: s.kernel_drops for s in lc.sockets},
+                       sum(e.flows.active for e in engines))
 
-    def count_exchange(_ex: Any) -> None:
+    def fan_status(f: Any) -> None:
+        if show:
+            status_line(f.packets, f.drops, f.flows)
+        packets: dict[str, int] = {}
+        drops: dict[str, int] = {}
+        for st in f.status:
+            for k, v in st.get("points", {}).items():
+                packets[k] = packets.get(k, 0) + v
+            for k, v in st.get("kernel_drops", {}).items():
+                drops[k] = drops.get(k, 0) + v
+        update_metrics(packets, drops, sum(st.get("active", 0) for st in f.status))
+
+    def count_exchange(ex: Any) -> None:
         exchanges[0] += 1
+        by_proto[ex.protocol] = by_proto.get(ex.protocol, 0) + 1
 
     fan = live = None
     if workers > 1:
@@ -364,13 +420,18 @@ def _capture(args: argparse.Namespace) -> int:
         stopper: Any = fan
     else:
         live = LiveCapture(interfaces, args.filter, snaplen=args.snaplen, promisc=args.promisc,
-                           ring=ring, duration=args.duration, on_tick=status if show else None)
+                           ring=ring, duration=args.duration,
+                           on_tick=status if show or metrics is not None else None)
         stopper = live
     saved = tee = None
     old: dict[int, Any] = {}
     try:
         if fan is not None:
-            fan.start()  # fork before any exporter thread exists
+            fan.start()  # fork before any exporter thread exists (or the metrics server's)
+        if metrics is not None:
+            from exporter.metrics import HealthServer
+
+            health = HealthServer(f"0.0.0.0:{args.metrics_port}", metrics).start()
         if args.write:
             from .capture.writer import PcapngWriter
 
@@ -390,7 +451,7 @@ def _capture(args: argparse.Namespace) -> int:
                  f"{', '.join(ns_label(n) for n in namespaces)}" if namespaces != [""] else "")
         if fan is not None:
             workers = fan.workers  # (fewer when some would have nothing to capture)
-        per = f", {workers} workers" if fan is not None else ""
+        per = (f", {workers} worker{'s' if workers > 1 else ''}" if fan is not None else "")
         print(f"{PROG}: listening on {', '.join(args.interface)}{where}, filter "
               f"{args.filter!r}{per}", file=sys.stderr, flush=True)
         try:
@@ -403,8 +464,7 @@ def _capture(args: argparse.Namespace) -> int:
             else:
                 assert fan is not None
                 summary = _run_fanout(fan, tee, saved, stats, kw,
-                                      (lambda f: status_line(f.packets, f.drops, f.flows))
-                                      if show else None)
+                                      fan_status if show or metrics is not None else None)
                 kernel = summary.extra.pop("kernel_workers")
                 if fan.failed:
                     raise WirespanError(f"capture failed: {'; '.join(fan.failed)}",
@@ -415,6 +475,8 @@ def _capture(args: argparse.Namespace) -> int:
             for sig, h in old.items():
                 signal.signal(sig, h)
     finally:
+        if health is not None:
+            health.close()
         if live is not None:
             live.close()
         if fan is not None:

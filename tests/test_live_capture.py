@@ -418,3 +418,31 @@ def test_several_namespaces_in_one_run(lab: Lab) -> None:
 def socket_names(lab: Lab, ns: str) -> list[tuple[int, str]]:
     r = lab.run(ns, sys.executable, "-c", "import socket; print(socket.if_nameindex())")
     return eval(r.stdout)  # noqa: S307 - our own subprocess' repr of a list of tuples
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_metrics_port_serves_the_contract_metrics(lab: Lab, workers: str) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    cli, srv, if_s = topology(lab)
+    port = 19000 + os.getpid() % 1000
+    live = Live(lab, srv, "-i", if_s, "--workers", workers, "--metrics-port", str(port))
+    curls(lab, cli, 3, f"http://{SRV_IP}:{PORT}/hello.txt")
+
+    def scrape() -> dict:
+        r = lab.run(srv, "curl", "-s", f"http://127.0.0.1:{port}/metrics", check=False)
+        out = {}
+        for fam in text_string_to_metric_families(r.stdout):
+            for smp in fam.samples:
+                out[(smp.name, tuple(sorted(smp.labels.items())))] = smp.value
+        return out
+
+    want = ("wirespan_exchanges_total", (("protocol", "http/1.1"),))
+    wait_for(lambda: scrape().get(want) == 3, "the exchanges in /metrics", timeout=10)
+    m = scrape()
+    point = f"live:{if_s}"
+    assert m[("wirespan_packets_total", (("interface", point),))] >= 24
+    assert m[("wirespan_kernel_drops_total", (("interface", point),))] == 0
+    assert ("wirespan_flows_active", ()) in m
+    s = live.stop()
+    assert s["exchanges"] == {"http/1.1": 3}

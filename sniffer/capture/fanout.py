@@ -87,7 +87,9 @@ def _worker_main(index: int, live: LiveCapture, others: list[LiveCapture], conn:
 
     def status(lc: LiveCapture) -> None:
         conn.send(("s", {"packets": engine.packets, "flows": engine.flows.connections,
-                         "drops": lc.drops}))
+                         "drops": lc.drops, "active": engine.flows.active,
+                         "points": {p.name: p.packets for p in lc.points},
+                         "kernel_drops": {s.point.name: s.kernel_drops for s in lc.sockets}}))
 
     live.on_batch = flush
     live.on_tick = status
