@@ -338,8 +338,8 @@ class Agent:
         return r
 
     def _pod_of(self, exchanges: list[Any], prefer_ip: str) -> PodCapture | None:
-        """The pod an observation belongs to: the one with ``prefer_ip`` among the pods whose
-        interfaces saw it, else the first of those."""
+        """The pod an observation belongs to: the one with ``prefer_ip`` (the proxy's, the
+        server's) if it is on this node, else the first pod whose interfaces saw it."""
         first = None
         for ex in exchanges:
             pc = self.by_point.get(ex.point)
@@ -348,9 +348,7 @@ class Agent:
             if prefer_ip and prefer_ip in pc.pod.addresses:
                 return pc
             first = first or pc
-        if first is None and prefer_ip:
-            return self.by_ip.get(prefer_ip)
-        return first
+        return (self.by_ip.get(prefer_ip) if prefer_ip else None) or first
 
     def _emit(self, span: Any, pc: PodCapture | None) -> None:
         if pc is not None:
