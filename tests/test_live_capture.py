@@ -438,10 +438,12 @@ def test_metrics_port_serves_the_contract_metrics(lab: Lab, workers: str) -> Non
         return out
 
     want = ("wirespan_exchanges_total", (("protocol", "http/1.1"),))
-    wait_for(lambda: scrape().get(want) == 3, "the exchanges in /metrics", timeout=10)
-    m = scrape()
     point = f"live:{if_s}"
-    assert m[("wirespan_packets_total", (("interface", point),))] >= 24
+    packets = ("wirespan_packets_total", (("interface", point),))
+    # (the workers report their counters once a second)
+    wait_for(lambda: scrape().get(want) == 3 and scrape().get(packets, 0) >= 24,
+             "the exchanges and packets in /metrics", timeout=10)
+    m = scrape()
     assert m[("wirespan_kernel_drops_total", (("interface", point),))] == 0
     assert ("wirespan_flows_active", ()) in m
     s = live.stop()
