@@ -41,6 +41,7 @@ import ipaddress
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 from .exchange import Exchange
 from .stats import Stats
@@ -55,19 +56,29 @@ MAX_CANDIDATES = 64  # nested candidates examined per downstream leg
 class Leg:
     """One request/response on one connection, with every observation of it."""
 
-    __slots__ = ("obs", "ctx", "end", "used_as_upstream", "in_hop", "keys", "done", "settled",
-                 "req_first_min", "req_first_max", "resp_first_min", "resp_first_max",
-                 "resp_last_min", "resp_last_max")
+    __slots__ = ("obs", "ex", "ctx", "end", "used_as_upstream", "in_hop", "keys", "done",
+                 "settled", "req_first_min", "req_first_max", "resp_first_min",
+                 "resp_first_max", "resp_last_min", "resp_last_max", "level")
 
     def __init__(self, ex: Exchange, ctx: TraceContext | None) -> None:
         self.obs: list[Exchange] = [ex]
+        self.ex = ex  # the first observation (``obs[0]``)
         self.ctx = ctx
         self.used_as_upstream = False
         self.in_hop = False
         self.done = False
         self.settled = False  # matched (or not) as a downstream leg
         self.keys: list[tuple] = []
-        self._times(ex, first=True)
+        self.level: tuple | None = None  # _level(), once asked
+        # (_times(ex, first=True), inlined: this runs for every exchange)
+        resp = ex.response
+        self.req_first_min = self.req_first_max = ex.request.first_ts
+        if resp:
+            self.resp_first_min = self.resp_first_max = resp.first_ts
+            self.resp_last_min = self.resp_last_max = self.end = resp.last_ts
+        else:
+            self.resp_first_min = self.resp_first_max = 0
+            self.resp_last_min = self.resp_last_max = self.end = ex.request.last_ts
 
     def _times(self, ex: Exchange, first: bool = False) -> None:
         rq, rs = ex.request.first_ts, ex.response.first_ts if ex.response else 0
@@ -89,10 +100,6 @@ class Leg:
     def add(self, ex: Exchange) -> None:
         self.obs.append(ex)
         self._times(ex)
-
-    @property
-    def ex(self) -> Exchange:
-        return self.obs[0]
 
 
 @dataclass(slots=True)
@@ -146,14 +153,21 @@ def _direction(d: Exchange, u: Exchange) -> str:
     return ""
 
 
+_REQ_FIRST_MIN = attrgetter("req_first_min")
+_RESP_FIRST_MAX = attrgetter("resp_first_max")
 _KINDS = {"t": "trace-context", "r": "request-id", "m": "timing"}
+_EVICTED_FULL = ("correlate", "evicted_window_full")  # a Stats key
+_MATCH_KEYS = {kind: ("correlate", f"match_{kind}") for kind in _KINDS.values()}  # Stats keys
 
 
 def _level(leg: Leg) -> tuple:
     """Which step of a chain a leg can be: its server, and whether it runs inside one pod
     (a sidecar's leg to its app reuses the address the caller dialled)."""
-    ex = leg.ex
-    return ex.server, ex.client[0] == ex.server[0]
+    lv = leg.level
+    if lv is None:
+        ex = leg.ex
+        lv = leg.level = (ex.server, ex.client[0] == ex.server[0])
+    return lv
 
 
 def _direct(cands: list[Leg]) -> tuple[list[Leg], int]:
@@ -171,11 +185,13 @@ def _direct(cands: list[Leg]) -> tuple[list[Leg], int]:
     # per server: request starts (sorted) and the running max of response starts
     spans = {}
     for srv, g in groups.items():
-        g.sort(key=lambda v: v.req_first_min)
+        g.sort(key=_REQ_FIRST_MIN)
         starts = [v.req_first_min for v in g]
         reach, best = [], -1
         for v in g:
-            best = max(best, v.resp_first_max)
+            r = v.resp_first_max
+            if r > best:
+                best = r
             reach.append(best)
         spans[srv] = (starts, reach)
     free, taken = [], 0
@@ -276,16 +292,17 @@ class Correlator:
             return
         ident = (ex.client, ex.server, ex.stream_id, ex.method, ex.target)
         legs = self.same_leg.get(ident)
-        for leg in reversed(legs[-8:]) if legs else ():
-            # (the other observations of a leg arrive within moments of each other, so the
-            # most recent legs with this identity are the only ones worth a look)
-            if (ex.request.first_ts <= leg.resp_last_max
-                    and leg.req_first_min <= ex.response.last_ts and not leg.done
-                    and all(o.point is not ex.point for o in leg.obs)):
-                leg.add(ex)  # the same leg at another capture point
-                self.stats.add("correlate", "observations_merged")
-                self._advance(leg.end)
-                return
+        if legs:
+            rq, rl, point = ex.request.first_ts, ex.response.last_ts, ex.point
+            for leg in reversed(legs[-8:]):
+                # (the other observations of a leg arrive within moments of each other, so
+                # the most recent legs with this identity are the only ones worth a look)
+                if (rq <= leg.resp_last_max and leg.req_first_min <= rl and not leg.done
+                        and all(o.point is not point for o in leg.obs)):
+                    leg.add(ex)  # the same leg at another capture point
+                    self.stats.add("correlate", "observations_merged")
+                    self._advance(leg.end)
+                    return
         headers = ex.request.headers
         memo = self._ctx_memo.get(id(headers))
         if memo is not None and memo[0] is headers:
@@ -303,37 +320,52 @@ class Correlator:
             if len(legs) > 16:
                 del legs[:-8]  # only the most recent are ever looked at
         leg.keys.append(("s", ident))
-        ctx = leg.ctx
         path = ex.path
-        if ctx is not None and ctx.format != "request-id":
-            self._index(leg, ("t", ctx.trace_id, ex.method, path))
-        if ctx is not None and ctx.request_id:
-            self._index(leg, ("r", ctx.request_id, ex.method, path))
-        # a leg without a trace id is a timing candidate: it may be the upstream of an
-        # untraced request whose proxy added a request id (nginx's $request_id, Envoy)
-        if ctx is None or ctx.format == "request-id":
-            self._index(leg, ("m", ex.method, path))
+        index = self._index
+        if ctx is None:
+            # a leg without a trace id is a timing candidate: it may be the upstream of an
+            # untraced request whose proxy added a request id (nginx's $request_id, Envoy)
+            index(leg, ("m", ex.method, path))
+        else:
+            timing = ctx.format == "request-id"
+            if not timing:
+                index(leg, ("t", ctx.trace_id, ex.method, path))
+            if ctx.request_id:
+                index(leg, ("r", ctx.request_id, ex.method, path))
+            if timing:
+                index(leg, ("m", ex.method, path))
         self.pending.append(leg)
         self.window.append(leg)
         self._advance(leg.end)
 
     def _index(self, leg: Leg, key: tuple) -> None:
-        starts, legs = self.index.get(key) or self.index.setdefault(key, ([], []))
-        i = bisect.bisect_right(starts, leg.req_first_min)
-        starts.insert(i, leg.req_first_min)
-        legs.insert(i, leg)
+        entry = self.index.get(key)
+        if entry is None:
+            entry = self.index[key] = ([], [])
+        starts, legs = entry
+        t = leg.req_first_min
+        if not starts or starts[-1] <= t:  # (in time order, the commonest: bisect's answer)
+            starts.append(t)
+            legs.append(leg)
+        else:
+            i = bisect.bisect_right(starts, t)
+            starts.insert(i, t)
+            legs.insert(i, leg)
         leg.keys.append(key)
 
     def _advance(self, ts: int) -> None:
         if ts > self.now:
             self.now = ts
-        settle = self.now - self.settle_ns
+        now = self.now
+        settle = now - self.settle_ns
         pending = self.pending
         while pending and pending[0].end < settle:
             self._match(pending.popleft())
-        horizon = self.now - self.window_ns
+        horizon = now - self.window_ns
         window = self.window
-        while window and (window[0].end < horizon or len(window) > self.max_legs):
+        max_legs = self.max_legs
+        evict = self._evict
+        while window and (window[0].end < horizon or len(window) > max_legs):
             leg = window[0]
             if not leg.settled:
                 # full before the oldest leg settled: match it now rather than lose it
@@ -341,8 +373,8 @@ class Correlator:
                 while pending and not leg.settled:
                     self._match(pending.popleft())
             if leg.end >= horizon:
-                self.stats.add("correlate", "evicted_window_full")
-            self._evict(window.popleft())
+                self.stats.counts[_EVICTED_FULL] += 1  # (stats.add, in one step)
+            evict(window.popleft())
 
     def finish(self) -> None:
         while self.pending:
@@ -357,29 +389,37 @@ class Correlator:
         if entry is None:
             return []
         starts, legs = entry
-        lo = bisect.bisect_left(starts, d.req_first_min)
-        hi = bisect.bisect_right(starts, d.resp_first_max, lo)
-        out = []
+        d_req, d_resp = d.req_first_min, d.resp_first_max
+        lo = bisect.bisect_left(starts, d_req)
+        hi = bisect.bisect_right(starts, d_resp, lo)
+        dx = d.ex
+        d_client, d_server = dx.client, dx.server
+        d_ip = d_server[0]
+        d_in_pod = dx.client[0] == d_ip
+        d_loop = _is_loopback(d_ip)
+        edges = self.edges
+        out: list[Leg] = []
         for u in legs[lo:min(hi, lo + MAX_CANDIDATES * 4)]:
             if (u is d or u.done
-                    or u.resp_first_min > d.resp_first_max or u.req_first_max < d.req_first_min):
+                    or u.resp_first_min > d_resp or u.req_first_max < d_req):
                 continue
-            ux, dx = u.ex, d.ex
-            if ux.client == dx.client:
+            ux = u.ex
+            if ux.client == d_client:
                 continue  # not on the caller's own connection
-            if ux.server == dx.server:
+            u_server = ux.server
+            if u_server == d_server:
                 # a proxy does not forward to itself, except a sidecar behind an inbound
                 # REDIRECT: the caller dialled podIP:8080 and the proxy hands the request to
                 # the app at that same address, from inside the pod (over lo)
-                if ux.client[0] != ux.server[0] or dx.client[0] == dx.server[0]:
+                if ux.client[0] != u_server[0] or d_in_pod:
                     continue
-            elif (ux.server, dx.server) in self.edges:
+            elif (u_server, d_server) in edges:
                 # the candidate's server is known to forward to this leg's server: this leg
                 # is downstream of it, not the other way round (concurrent requests that
                 # share one trace id would otherwise pair up backwards)
                 continue
-            if not (ux.client[0] == dx.server[0] or _is_loopback(ux.client[0])
-                    or _is_loopback(dx.server[0])):
+            u_ip = ux.client[0]
+            if not (u_ip == d_ip or d_loop or _is_loopback(u_ip)):
                 continue  # the upstream leg must leave the host the downstream leg reached
             out.append(u)
             if len(out) >= MAX_CANDIDATES:
@@ -388,11 +428,12 @@ class Correlator:
 
     def _match(self, d: Leg) -> None:
         d.settled = True
-        ex = d.ex
         ctx = d.ctx
-        tries = [(_KINDS[key[0]], key) for key in d.keys
-                 if key[0] in "tr" or (key[0] == "m" and ctx is None)]
-        for kind, key in tries:
+        for key in d.keys:
+            k = key[0]
+            if not (k == "t" or k == "r" or (k == "m" and ctx is None)):
+                continue
+            kind = _KINDS[k]
             cands = self._candidates(d, key)
             if not cands:
                 continue
@@ -415,9 +456,9 @@ class Correlator:
                     # (greedy: under heavy reuse of one id a leg may find its upstream taken
                     # by an earlier one and stay unmatched; counted as no_match)
                     ambiguous = True
-                    u = min(direct, key=lambda v: v.req_first_min)
+                    u = min(direct, key=_REQ_FIRST_MIN)
                 else:
-                    u = max(direct, key=lambda v: v.resp_first_max)
+                    u = max(direct, key=_RESP_FIRST_MAX)
             else:
                 u = direct[0]
             self._hop(d, u, kind, ambiguous, len(direct) - 1 if not ambiguous else 0)
@@ -434,28 +475,30 @@ class Correlator:
         connect = 0
         # the handshake as the proxy saw it: from the observation of U nearest the proxy
         # (the one that saw its request first), not one across a delayed link
-        near = min(u.obs, key=lambda o: o.request.first_ts)
+        obs = u.obs
+        near = obs[0] if len(obs) == 1 else min(obs, key=lambda o: o.request.first_ts)
         syn, synack = near.syn_ts, near.synack_ts
         if syn and synack and syn >= d.req_first_min and synack >= syn:
             connect = synack - syn  # the proxy dialled after the request: network time
-        hop = Hop(
-            down=d, up=u, match=kind, ambiguous=ambiguous,
-            request_dwell_ns=u_req - d_req - connect,
-            response_dwell_ns=d_resp - u_resp,
-            upstream_duration_ns=u.resp_last_max - u_req,
-            upstream_connect_ns=connect,
-            start_ns=d_req, end_ns=max(d.resp_last_min, d_resp),
-            proxy_address=_ep(dx.server),
-            upstream_address=_ep(ux.dialled or ux.server),
-            direction=_direction(dx, ux),
-            span_id_rewritten=bool(d.ctx and u.ctx and d.ctx.span_id != u.ctx.span_id),
-            retries=retries,
+        hop = Hop(  # (positional, in field order: down, up, match, ambiguous, the dwell
+            # times, start, end, proxy_address, upstream_address, direction,
+            # span_id_rewritten, retries)
+            d, u, kind, ambiguous,
+            u_req - d_req - connect,  # request_dwell_ns
+            d_resp - u_resp,  # response_dwell_ns
+            u.resp_last_max - u_req,  # upstream_duration_ns
+            connect,  # upstream_connect_ns
+            d_req, max(d.resp_last_min, d_resp),  # start_ns, end_ns
+            _ep(dx.server), _ep(ux.dialled or ux.server),
+            _direction(dx, ux),
+            bool(d.ctx and u.ctx and d.ctx.span_id != u.ctx.span_id),
+            retries,
         )
         self.hops += 1
         if len(self.edges) < 65536:
             self.edges.add((dx.server, ux.server))
         self.proxies.add(hop)
-        self.stats.add("correlate", f"match_{kind}")
+        self.stats.counts[_MATCH_KEYS.get(kind) or ("correlate", f"match_{kind}")] += 1
         if ambiguous:
             self.stats.add("correlate", "ambiguous")
         if self.on_hop is not None:
@@ -463,16 +506,16 @@ class Correlator:
 
     def _evict(self, leg: Leg) -> None:
         leg.done = True
+        same, index, stale = self.same_leg, self.index, self._stale
         for key in leg.keys:
             if key[0] == "s":
-                lst = self.same_leg.get(key[1])
+                lst = same.get(key[1])
                 if lst is not None and lst[-1] is leg:  # the newest with this identity
-                    del self.same_leg[key[1]]
+                    del same[key[1]]
+                continue  # (never an index key)
             # index entries are dropped lazily: done legs are skipped by _candidates, and
-            # the lists are compacted once as many legs have left as the window holds
-        stale = self._stale
-        for key in leg.keys:
-            entry = self.index.get(key)
+            # the lists are compacted once half of a list has left
+            entry = index.get(key)
             if entry is None:
                 continue
             n = stale.get(key, 0) + 1

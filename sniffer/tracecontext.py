@@ -700,18 +700,44 @@ def extract(headers: HeaderPairs) -> TraceContext | None:
         return None
 
 
+# Memos of _extract (bounded: cleared when full). Names: an exact ``str`` header name -> its
+# lowercased form if that is a trace header name, else None. Results: the trace headers found
+# in a message, when all their values are exact ``str`` -> the context they give (a pure
+# function of them; contexts are immutable, so one can serve every message that carries the
+# same headers, as the legs of one request through proxies do).
+_NAME_MEMO: dict[str, str | None] = {}
+_RESULT_MEMO: dict[tuple, TraceContext | None] = {}
+_MEMO_MAX = 4096
+_MISSING: Final = object()
+
+
 def _extract(headers: HeaderPairs) -> TraceContext | None:
-    pairs: Iterable[Any] = headers.items() if isinstance(headers, Mapping) else headers
+    if type(headers) is list:  # (the parsers' header lists: never a Mapping)
+        pairs: Iterable[Any] = headers
+    else:
+        pairs = headers.items() if isinstance(headers, Mapping) else headers
     found: dict[str, Any] = {}
     states: list[str] = []
     names = TRACE_HEADER_NAMES
     byte_names = _TRACE_HEADER_NAMES_BYTES
+    name_memo = _NAME_MEMO
     for item in pairs:
         try:
             name, value = item
         except (TypeError, ValueError):
             continue
-        if isinstance(name, str):
+        if type(name) is str:
+            key = name_memo.get(name, _MISSING)
+            if key is _MISSING:
+                key = name.lower()
+                if key not in names:
+                    key = None
+                if len(name_memo) >= _MEMO_MAX:
+                    name_memo.clear()
+                name_memo[name] = key
+            if key is None:
+                continue
+        elif isinstance(name, str):
             key = name.lower()
             if key not in names:
                 continue
@@ -731,7 +757,26 @@ def _extract(headers: HeaderPairs) -> TraceContext | None:
             found[key] = value
     if not found:
         return None
+    memo_key: tuple | None = None
+    for v in found.values():
+        if type(v) is not str:
+            break
+    else:
+        memo_key = (*found.items(), *states)
+        hit = _RESULT_MEMO.get(memo_key, _MISSING)
+        if hit is not _MISSING:
+            return hit  # type: ignore[return-value]
+    ctx = _parse_found(found, states)
+    if memo_key is not None:
+        if len(_RESULT_MEMO) >= _MEMO_MAX:
+            _RESULT_MEMO.clear()
+        _RESULT_MEMO[memo_key] = ctx
+    return ctx
 
+
+def _parse_found(found: dict[str, Any], states: list[str]) -> TraceContext | None:
+    """The winning context of the trace headers one message carries (``found``: the first
+    value of each, by lowercased name; ``states``: every ``tracestate``, trimmed)."""
     candidates: list[TraceContext | None] = []
     if "traceparent" in found:
         state_value = ",".join(states) if states else None

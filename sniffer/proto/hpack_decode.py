@@ -176,22 +176,43 @@ class Decoder:
         """-> (fields, partial, changed the table, the dynamic entries read as (position,
         entry), or None if it read beyond what we hold)."""
         out: list[Field] = []
+        append = out.append
         partial = changed = False
         deps: list | None = []
         ents = self.entries
         pos = 0
         n = len(data)
-        lookup = self._lookup
+        static = STATIC
+        huff_cache = _huff_cache
         while pos < n:
             b = data[pos]
             if b & 0x80:  # indexed field
-                index, pos = _int(data, pos, 7)
-                if index > N_STATIC and deps is not None:
-                    deps = _dep(deps, ents, index)
-                name, value = lookup(index)
-                if name is None or value is None:
-                    partial = True
-                out.append((name, value))
+                index = b & 0x7F
+                if index == 0x7F:
+                    index, pos = _int(data, pos, 7)
+                else:
+                    pos += 1
+                if index <= N_STATIC:
+                    if index <= 0:
+                        raise HpackError("index 0")
+                    append(static[index - 1])
+                else:
+                    i = index - N_STATIC - 1
+                    if i < len(ents):
+                        e = ents[i]
+                        if deps is not None:
+                            deps.append((i, e))
+                        name, value = e[0], e[1]
+                        if name is None or value is None:
+                            partial = True
+                        append((name, value))
+                    else:
+                        deps = None
+                        if not self.tail_unknown:
+                            raise HpackError(f"index {index} beyond the dynamic table "
+                                             f"({len(ents)} entries)")
+                        partial = True
+                        append((None, None))
             elif b & 0x20 and not b & 0x40:  # dynamic table size update
                 size, pos = _int(data, pos, 5)
                 if out:
@@ -201,20 +222,101 @@ class Decoder:
                 self._resize(min(size, MAX_TABLE_SIZE))
                 changed = True
             else:
-                indexing = bool(b & 0x40)
-                index, pos = _int(data, pos, 6 if indexing else 4)
-                if index:
-                    if index > N_STATIC and deps is not None:
-                        deps = _dep(deps, ents, index)
-                    name = lookup(index)[0]
+                indexing = b & 0x40
+                if indexing:
+                    index = b & 0x3F
+                    if index == 0x3F:
+                        index, pos = _int(data, pos, 6)
+                    else:
+                        pos += 1
                 else:
-                    name, pos = _string(data, pos)
-                value, pos = _string(data, pos)
+                    index = b & 0x0F
+                    if index == 0x0F:
+                        index, pos = _int(data, pos, 4)
+                    else:
+                        pos += 1
+                if index:
+                    if index <= N_STATIC:
+                        name = static[index - 1][0]
+                    else:
+                        i = index - N_STATIC - 1
+                        if i < len(ents):
+                            e = ents[i]
+                            if deps is not None:
+                                deps.append((i, e))
+                            name = e[0]
+                        else:
+                            deps = None
+                            if not self.tail_unknown:
+                                raise HpackError(f"index {index} beyond the dynamic table "
+                                                 f"({len(ents)} entries)")
+                            name = None
+                else:
+                    # the name as a string literal (_string, inlined)
+                    if pos >= n:
+                        raise HpackError("string runs past the block")
+                    h = data[pos]
+                    length = h & 0x7F
+                    if length == 0x7F:
+                        length, pos = _int(data, pos, 7)
+                    else:
+                        pos += 1
+                    end = pos + length
+                    if end > n:
+                        raise HpackError("string runs past the block")
+                    if length > MAX_STRING:
+                        raise HpackError("string too long")
+                    raw = data[pos:end]
+                    pos = end
+                    if h & 0x80:
+                        name = huff_cache.get(raw)
+                        if name is None:
+                            name = _huffman(raw)
+                    else:
+                        name = raw.decode("latin-1")
+                # the value (_string, inlined)
+                if pos >= n:
+                    raise HpackError("string runs past the block")
+                h = data[pos]
+                length = h & 0x7F
+                if length == 0x7F:
+                    length, pos = _int(data, pos, 7)
+                else:
+                    pos += 1
+                end = pos + length
+                if end > n:
+                    raise HpackError("string runs past the block")
+                if length > MAX_STRING:
+                    raise HpackError("string too long")
+                raw = data[pos:end]
+                pos = end
+                if h & 0x80:
+                    value = huff_cache.get(raw)
+                    if value is None:
+                        value = _huffman(raw)
+                else:
+                    value = raw.decode("latin-1")
                 if name is None:
                     partial = True
-                out.append((name, value))
+                append((name, value))
                 if indexing:
-                    self._insert(name, value, name is not None)
+                    # (self._insert(name, value, name is not None), inlined with _evict)
+                    size = 32 + len(name or "") + len(value)
+                    ents.insert(0, (name, value, size))
+                    total = self.size + size
+                    cap = self.max_size
+                    if cap > MAX_TABLE_SIZE:
+                        cap = MAX_TABLE_SIZE
+                    while ents and total > cap:
+                        total -= ents.pop()[2]
+                    self.size = total
+                    if self.tail_unknown and total + 32 > cap:
+                        # what we hold fills the table: no older entry can still be in it
+                        self.tail_unknown = False
+                    if name is None:
+                        # an entry whose name we could not resolve: its true size is
+                        # unknown, so we can no longer prove when the unknown tail is gone
+                        self.tail_unknown = True
                     changed = True
             if len(out) > MAX_FIELDS:
                 raise HpackError("too many fields in one block")

@@ -65,6 +65,20 @@ METHODS = (b"GET ", b"POST ", b"PUT ", b"HEAD ", b"DELETE ", b"OPTIONS ", b"PATC
  UPGRADED) = range(11)
 
 
+def _end_of_head(data: bytes | bytearray, pos: int) -> tuple[int, int] | None:
+    """``_END_OF_HEAD.search(data, pos)`` as (start, end), with two ``find``s: the first LF
+    followed by LF or CRLF ends the head, and a CR before that LF belongs to the match."""
+    i = data.find(b"\n\r\n", pos)
+    j = data.find(b"\n\n", pos, i + 1) if i >= 0 else data.find(b"\n\n", pos)
+    if j >= 0:
+        i, end = j, j + 2
+    elif i >= 0:
+        end = i + 3
+    else:
+        return None
+    return (i - 1 if i > pos and data[i - 1] == 13 else i), end
+
+
 def looks_like_request(first: bytes) -> bool:
     return first.startswith(METHODS) or GENERIC_REQUEST.match(first) is not None
 
@@ -77,8 +91,12 @@ def parse_headers(lines: list[str], stats: Stats) -> Headers:
     """Header field lines (already latin-1 text, CR stripped) -> [(lowercased name, value)],
     obs-fold continuation lines joined to the previous value (RFC 9112 §5.2)."""
     out: Headers = []
+    append = out.append
     for raw in lines:
         name, colon, value = raw.partition(":")
+        if colon and name and name[0] not in " \t" and len(out) < MAX_HEADERS:
+            append((name.strip().lower(), value.strip()))
+            continue
         if not colon or not name or name[0] in " \t":
             if raw[:1] in (" ", "\t") and out:
                 n, v = out[-1]
@@ -115,6 +133,13 @@ def body_framing(is_request: bool, method: str, status: int,
         return ("close", 0) if not is_request else ("bad", 0)
     if cl is not None:
         # 1*DIGIT, leading zeros allowed ("0050" is 50); any other value is an error
+        if "," not in cl:  # (one value: the set below, without building it)
+            v = cl.strip()
+            v = (v.lstrip("0") or "0") if v else ""
+            if v.isascii() and v.isdigit() and len(v) < 19:
+                n = int(v)
+                return ("length", n) if n else ("none", 0)
+            return "bad", 0
         values = {(v.lstrip("0") or "0") if v else "" for v in map(str.strip, cl.split(","))}
         if len(values) == 1:
             v = values.pop()
@@ -217,20 +242,33 @@ class _Side:
                     if pos == n:
                         return
                     self.first_ts = ts
+                    if type(chunk) is bytes:
+                        # nothing held back: look for the head's end in the chunk itself
+                        m = _end_of_head(chunk, pos)
+                        if m is not None:
+                            if m[0] - pos > MAX_HEAD_BYTES:
+                                self.conn.stats.add("http1", "head_too_large")
+                                self._to_resync(b"")
+                                pos = m[1]
+                                continue
+                            head = chunk[pos:m[0]]
+                            pos = m[1]
+                            self._head(head, ts)
+                            continue
                 prev = len(buf)
                 buf += chunk[pos:] if pos else chunk
-                m = _END_OF_HEAD.search(buf, max(0, prev - 3))
+                m = _end_of_head(buf, max(0, prev - 3))
                 if m is None:
                     if len(buf) > MAX_HEAD_BYTES:
                         self.conn.stats.add("http1", "head_too_large")
                         self._to_resync(b"")
                     return
-                pos += m.end() - prev
-                if m.start() > MAX_HEAD_BYTES:  # skip it whole, then look for the next one
+                pos += m[1] - prev
+                if m[0] > MAX_HEAD_BYTES:  # skip it whole, then look for the next one
                     self.conn.stats.add("http1", "head_too_large")
                     self._to_resync(b"")
                     continue
-                head = bytes(buf[: m.start()])
+                head = bytes(buf[: m[0]])
                 buf.clear()
                 self._head(head, ts)
             elif st == BODY:
@@ -353,17 +391,33 @@ class _Side:
 
     def _head(self, head: bytes, ts: int) -> None:
         c = self.conn
-        text = head.decode("latin-1")
-        lines = text.replace("\r\n", "\n").split("\n")
-        first = lines[0].rstrip("\r").encode("latin-1")
+        # (the same lines as head.decode("latin-1").replace("\r\n", "\n").split("\n"): no
+        # CRLF pair straddles the first LF)
+        nl = head.find(b"\n")
+        if nl < 0:
+            first = head.rstrip(b"\r")
+            lines: list[str] = []
+        else:
+            first = head[:nl].rstrip(b"\r")
+            lines = head[nl + 1:].decode("latin-1").replace("\r\n", "\n").split("\n")
         if self.is_request:
-            m = _REQUEST_LINE.match(first + b"\n")
-            if m is None:
-                c.stats.add("http1", "bad_request_line")
-                self._to_resync(b"")
-                return
-            method = m.group(1).decode("latin-1")
-            version = m.group(3) or b""
+            parts = first.split(b" ")
+            if (len(parts) == 3 and (parts[2] == b"HTTP/1.1" or parts[2] == b"HTTP/1.0")
+                    and parts[1] and len(parts[0]) <= 24 and parts[0].isalpha()):
+                # "METHOD SP target SP HTTP/1.x", the commonest: what _REQUEST_LINE matches
+                # in it, without the regex (its lazy target backtracks over every byte)
+                method = parts[0].decode("latin-1")
+                target = parts[1]
+                version = parts[2][5:]
+            else:
+                m = _REQUEST_LINE.match(first + b"\n")
+                if m is None:
+                    c.stats.add("http1", "bad_request_line")
+                    self._to_resync(b"")
+                    return
+                method = m.group(1).decode("latin-1")
+                target = m.group(2)
+                version = m.group(3) or b""
             if first == b"PRI * HTTP/2.0":
                 # the HTTP/2 preface (after CONNECT, or an h2c upgrade whose 101 we missed)
                 c.stats.add("http1", "h2_preface")
@@ -383,22 +437,28 @@ class _Side:
                     return
             if version != b"1.1" and version != b"1.0":
                 c.stats.add("http1", "odd_request_version")
-            msg = Message(first_ts=self.first_ts, last_ts=ts)
-            msg.headers = parse_headers(lines[1:], c.stats)
+            msg = Message(self.first_ts, ts, parse_headers(lines, c.stats))
             ex = c.new_exchange("http/1.1" if version == b"1.1" else "http/1.0", method,
-                                m.group(2).decode("latin-1") or "/", msg)
+                                target.decode("latin-1") or "/", msg)
             self.ex, self.msg = ex, msg
             kind, length = body_framing(True, method, 0, msg.headers)
         else:
-            m = _STATUS_LINE.match(first + b"\n")
-            if m is None:
-                c.stats.add("http1", "bad_status_line")
-                self._to_resync(b"")
-                return
-            status = int(m.group(2))
-            msg = Message(first_ts=self.first_ts, last_ts=ts)
-            msg.headers = parse_headers(lines[1:], c.stats)
-            ex = c.match_response(status, msg, "http/1.0" if m.group(1) == b"1.0" else "http/1.1")
+            if (first[:9] in (b"HTTP/1.1 ", b"HTTP/1.0 ") and len(first) >= 12
+                    and first[9:12].isdigit()
+                    and (len(first) == 12 or first[12] in b" \t\r")):
+                # "HTTP/1.x ddd[ reason]": what _STATUS_LINE matches in it, without the regex
+                status = int(first[9:12])
+                version = first[5:8]
+            else:
+                m = _STATUS_LINE.match(first + b"\n")
+                if m is None:
+                    c.stats.add("http1", "bad_status_line")
+                    self._to_resync(b"")
+                    return
+                status = int(m.group(2))
+                version = m.group(1)
+            msg = Message(self.first_ts, ts, parse_headers(lines, c.stats))
+            ex = c.match_response(status, msg, "http/1.0" if version == b"1.0" else "http/1.1")
             self.ex, self.msg = ex, msg
             kind, length = body_framing(False, ex.method, status, msg.headers)
             if 100 <= status < 200 and status != 101:
@@ -501,8 +561,8 @@ class Http1Connection:
         self.server_side.state = RESYNC
 
     def new_exchange(self, protocol: str, method: str, target: str, msg: Message) -> Exchange:
-        ex = Exchange(self.conn_id, self.point, self.client, self.server, protocol,
-                      method=method, target=target, request=msg, dialled=self.dialled)
+        ex = Exchange(self.conn_id, self.point, self.client, self.server, protocol, method,
+                      target, "", "", 0, msg, None, None, self.dialled)
         host = msg.header("host")
         if host is not None:
             ex.authority = host

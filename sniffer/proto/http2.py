@@ -37,6 +37,7 @@ Rules of this module
 from __future__ import annotations
 
 import base64
+import struct
 from collections.abc import Callable
 from urllib.parse import unquote
 
@@ -58,6 +59,11 @@ MAX_HEADERS = 256  # regular fields kept per message
 MAX_SEARCH = 64 * 1024  # bytes buffered while a candidate frame boundary is checked
 MAX_SEARCH_TOTAL = 1 << 20  # bytes skipped looking for a boundary before giving up
 SEARCH_FRAMES = 3  # consecutive plausible frame headers that prove a boundary
+
+# a frame header: length (high byte, low 16 bits), type, flags, R + stream id
+_FRAME_HEADER = struct.Struct(">BHBBL").unpack_from
+
+_STREAMS = ("http2", "streams")  # a Stats key
 
 # side states
 PREFACE_WAIT, FRAMES, SEARCH, BROKEN = range(4)
@@ -261,19 +267,32 @@ class _Side:
             self.state = st = FRAMES
         conn = self.conn
         max_frame = self.max_frame
+        streams = conn.streams
+        unpack = _FRAME_HEADER
         while n - pos >= 9:
-            length = int.from_bytes(data[pos:pos + 3], "big")
-            ftype = data[pos + 3]
-            fts = ts if pos >= old else old_ts
+            hi, lo, ftype, flags, sid = unpack(data, pos)
+            length = hi << 16 | lo
             end = pos + 9 + length
             if ftype == DATA:
-                flags = data[pos + 4]
-                sid = int.from_bytes(data[pos + 5:pos + 9], "big") & 0x7FFFFFFF
+                sid &= 0x7FFFFFFF
                 pad = 0
                 if flags & PADDED and length and pos + 9 < n:
                     pad = data[pos + 9] + 1
                 if end <= n:
-                    conn.data_frame(self, sid, flags, length - pad, ts)
+                    # (Http2Connection.data_frame, inlined: one DATA frame, whole)
+                    st = streams.get(sid)
+                    if st is not None:
+                        ex = st.ex
+                        msg = ex.request if self.is_client else ex.response
+                        if msg is not None:
+                            msg.body_bytes += length - pad
+                            msg.last_ts = ts
+                            if flags & END_STREAM:
+                                msg.complete = True
+                                if self.is_client:
+                                    st.req_done = True
+                                else:
+                                    conn._hand_over(sid)
                     pos = end
                     continue
                 # the payload runs past this chunk: count it now, skip the rest as it comes
@@ -288,9 +307,14 @@ class _Side:
                 return
             if end > n:
                 break
-            flags = data[pos + 4]
-            sid = int.from_bytes(data[pos + 5:pos + 9], "big") & 0x7FFFFFFF
-            self._frame(ftype, flags, sid, data[pos + 9:end], fts, ts)
+            sid &= 0x7FFFFFFF
+            fts = ts if pos >= old else old_ts
+            if (ftype == HEADERS and flags & END_HEADERS and not flags & (PADDED | PRIORITY_FLAG)
+                    and self.block is None):
+                # (_frame's commonest case: a whole header block in one plain HEADERS frame)
+                self._block(HEADERS, flags, sid, data[pos + 9:end], fts, ts, 0)
+            else:
+                self._frame(ftype, flags, sid, data[pos + 9:end], fts, ts)
             if self.state != FRAMES:
                 return
             pos = end
@@ -379,6 +403,7 @@ class _Side:
         if memo is None:
             pseudo: dict[str, str] = {}
             regular: Headers = []
+            grpc = False
             for name, value in fields:
                 if name is None or value is None:
                     partial = True
@@ -390,13 +415,16 @@ class _Side:
                         # base64 every other peer sends, so -bin values read the same
                         value = base64.b64encode(value[1:].encode("latin-1")).decode()
                         value = value.rstrip("=")
+                    if name == "grpc-status" or name == "grpc-message":
+                        grpc = True
                     regular.append((name, value))
             if len(self.memo) >= 256:
                 self.memo.clear()
-            memo = self.memo[id(fields)] = (fields, pseudo, regular, partial)
+            memo = self.memo[id(fields)] = (fields, pseudo, regular, partial, grpc)
         else:
             partial = partial or memo[3]
-        self.conn.headers(self, kind, flags, sid, memo[1], memo[2], partial, fts, ts, promised)
+        self.conn.headers(self, kind, flags, sid, memo[1], memo[2], partial, fts, ts, promised,
+                          memo[4])
 
 
 class Http2Connection:
@@ -419,6 +447,7 @@ class Http2Connection:
         self.reset_ids: dict[int, None] = {}  # recently reset streams, oldest first
         self.is_broken = False
         self.swappable = mid_stream
+        self.counts = stats.counts
         self.client_side = _Side(self, True, SEARCH if mid_stream else PREFACE_WAIT, mid_stream)
         self.server_side = _Side(self, False, SEARCH if mid_stream else FRAMES, mid_stream)
         stats.add("http2", "connections")
@@ -480,11 +509,14 @@ class Http2Connection:
             self.stats.add("http2", "streams_evicted")
             self._hand_over(old, "evicted")
         st = streams[sid] = _Stream(ex)
-        self.stats.add("http2", "streams")
+        self.counts[_STREAMS] += 1  # (self.stats.add("http2", "streams"), in one step)
         return st
 
     def headers(self, side: _Side, kind: int, flags: int, sid: int, pseudo: dict[str, str],
-                regular: Headers, partial: bool, fts: int, ts: int, promised: int) -> None:
+                regular: Headers, partial: bool, fts: int, ts: int, promised: int,
+                grpc: bool = True) -> None:
+        """One decoded header block of stream ``sid`` from ``side``; ``grpc``: whether
+        ``regular`` may hold grpc-status / grpc-message (False: it holds neither)."""
         if self.swappable:
             self.swappable = False
             if side.is_client and ":status" in pseudo and ":method" not in pseudo:
@@ -493,8 +525,7 @@ class Http2Connection:
             if promised in self.streams:
                 self.stats.add("http2", "push_promise_reuses_stream")
                 return
-            ex = self._exchange(promised, Message(first_ts=fts, last_ts=ts, headers=regular,
-                                                  complete=True), pseudo)
+            ex = self._exchange(promised, Message(fts, ts, regular, None, 0, True), pseudo)
             ex.flags.add("pushed")
             if partial:
                 ex.flags.add("partial_headers")
@@ -508,10 +539,13 @@ class Http2Connection:
             return
         if side.is_client:
             if st is None:
-                ex = self._exchange(sid, Message(first_ts=fts, last_ts=ts, headers=regular),
-                                    pseudo)
+                get = pseudo.get
+                req = Message(fts, ts, regular)
+                ex = Exchange(self.conn_id, self.point, self.client, self.server, "http/2",
+                              get(":method", ""), get(":path", ""), get(":authority", ""),
+                              get(":scheme", ""), 0, req, None, None, self.dialled, sid)
                 if not ex.authority:  # a client may send Host instead (RFC 9113 §8.3.1)
-                    ex.authority = ex.request.header("host") or ""
+                    ex.authority = req.header("host") or ""
                 if partial:
                     ex.flags.add("partial_headers")
                 st = self._open(sid, ex)
@@ -535,24 +569,24 @@ class Http2Connection:
         if partial:
             ex.flags.add("partial_headers")
         status = _status(pseudo.get(":status"))
-        if ex.response is None:
+        resp = ex.response
+        if resp is None:
             if 100 <= status < 200:
                 ex.flags.add(f"interim_{status}")
                 return
             ex.status = status
-            ex.response = Message(first_ts=fts, last_ts=ts, headers=regular)
-            grpc = regular
+            ex.response = resp = Message(fts, ts, regular)
         else:
-            ex.response.trailers = regular
-            ex.response.last_ts = ts
-            grpc = regular
-        for name, value in grpc:
-            if name == "grpc-status":
-                ex.grpc_status = int(value) if value.isdigit() else -1
-            elif name == "grpc-message":
-                ex.grpc_message = unquote(value)
+            resp.trailers = regular
+            resp.last_ts = ts
+        if grpc:
+            for name, value in regular:
+                if name == "grpc-status":
+                    ex.grpc_status = int(value) if value.isdigit() else -1
+                elif name == "grpc-message":
+                    ex.grpc_message = unquote(value)
         if flags & END_STREAM:
-            ex.response.complete = True
+            resp.complete = True
             self._hand_over(sid)
 
     def _swap_roles(self) -> None:
