@@ -62,6 +62,7 @@ proxy's two legs) and takes it over. Then, with ``a`` the time at A's eth0 and `
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
 from collections import deque
 from collections.abc import Callable
@@ -174,48 +175,55 @@ class _Records:
 _FINISHED_LEN = {0x1301: 53, 0x1302: 69, 0x1303: 53, 0x1304: 53, 0x1305: 53}
 
 
-def _client_flight_end(s: TlsSession) -> int:
-    """How many application-data-typed records after the client's first encrypted one are
-    still its TLS 1.3 handshake flight. With a client certificate the flight is Certificate,
+def _flight(s: TlsSession) -> range:
+    """Positions of the client's application-data-typed records that are still its TLS 1.3
+    handshake flight. With a client certificate the flight is Certificate,
     CertificateVerify, Finished -- all typed application data, like a request, and the
     parser knows only the first for the handshake's. The flight ends with the Finished,
     whose length the cipher suite gives; it goes out in one write (same timestamp)."""
     if s.version != 0x0304:
-        return 0
+        return range(0)
     fin = _FINISHED_LEN.get(s.cipher_suite or 0)
     d = s.from_client
     types, lens, firsts, flags = d.rec_type, d.rec_len, d.rec_first_ts, d.rec_flags
     k = -1
-    for i in range(len(types)):
+    for i in range(min(len(types), 64)):  # (the handshake is at the start)
         if types[i] == APPLICATION_DATA and flags[i] & F_HANDSHAKE:
             k = i
     if k < 0 or fin is None or lens[k] == fin:
-        return 0
+        return range(0)
     for j in range(k + 1, min(k + 4, len(types))):
         if types[j] != APPLICATION_DATA or firsts[j] - firsts[k] > 1_000_000:
             break
         if lens[j] == fin:
-            return j - k
-    return 0
+            return range(k + 1, j + 1)
+    return range(0)
 
 
-def _app_records(d: Any, skip: int = 0) -> tuple[list[int], list[int]]:
-    """First- and last-byte times of the application-data records outside the handshake,
-    leaving out the ``skip`` that follow its last flagged record (see above)."""
+def _app_records(d: Any, i0: int, i1: int, skip: range = range(0)
+                 ) -> tuple[list[int], list[int]]:
+    """First- and last-byte times of the application-data records outside the handshake
+    among the kept records ``i0:i1`` (leaving out the positions in ``skip``)."""
+    types, flags, firsts, lasts = d.rec_type, d.rec_flags, d.rec_first_ts, d.rec_last_ts
     first, last = [], []
-    left = -1
-    for t, _n, f, lst, fl in d.iter_records():
-        if t != APPLICATION_DATA:
+    for i in range(i0, min(i1, len(types))):
+        if types[i] != APPLICATION_DATA or flags[i] & F_HANDSHAKE or i in skip:
             continue
-        if fl & F_HANDSHAKE:
-            left = skip
-            continue
-        if left > 0:
-            left -= 1
-            continue
-        first.append(f)
-        last.append(lst)
+        first.append(firsts[i])
+        last.append(lasts[i])
     return first, last
+
+
+def _span(d: Any, lo: int, hi: int) -> tuple[int, int]:
+    """The kept records whose first byte is in ``[lo, hi]`` (times ascend)."""
+    ts = d.rec_first_ts
+    return bisect.bisect_left(ts, lo), bisect.bisect_right(ts, hi)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Both ends kept the same records (same count, same lengths, none dropped apart)."""
+    return (len(a.rec_len) == len(b.rec_len) and a.records_dropped == b.records_dropped
+            and a.rec_len == b.rec_len)
 
 
 def _burst_end(first: list[int], last: list[int], i: int, gap: int = 1_000_000) -> int:
@@ -239,17 +247,23 @@ class _Conn:
 
     __slots__ = ("obs", "up", "down", "up_b_last", "down_b_last", "start", "end")
 
-    def __init__(self, obs: list[TlsSession]) -> None:
+    def __init__(self, obs: list[TlsSession], lo: int, hi: int) -> None:
+        """Only the records that started in ``[lo, hi]`` at the caller's side (and the same
+        positions at the callee's) are looked at."""
         # the caller's side saw the ClientHello first
         obs.sort(key=lambda s: (s.client_hello_ts or s.from_client.end_ts or 0))
         self.obs = obs
         a, b = obs[0], obs[-1]
-        ua, ua_last = _app_records(a.from_client, _client_flight_end(a))
-        ub, _ = _app_records(b.from_client, _client_flight_end(b))
-        da, da_last = _app_records(a.from_server)
-        db, db_last = _app_records(b.from_server)
+        same_up = _same(a.from_client, b.from_client)
+        same_down = _same(a.from_server, b.from_server)
+        i0, i1 = _span(a.from_client, lo, hi)
+        ua, ua_last = _app_records(a.from_client, i0, i1, _flight(a))
+        ub = (_app_records(b.from_client, i0, i1, _flight(b))[0] if same_up else ua)
         if len(ub) != len(ua):  # the two ends did not see the same records: one side only
             ub = ua
+        j0, j1 = _span(a.from_server, lo, hi)
+        da, da_last = _app_records(a.from_server, j0, j1)
+        db, db_last = _app_records(b.from_server, j0, j1) if same_down else (da, da_last)
         if len(db) != len(da):
             db, db_last = da, da_last
         self.up = _Records(ua, ub, ua_last)
@@ -311,6 +325,7 @@ class MeshMatcher:
         self.settle_ns = settle_ns
         self.live_sessions = False  # open_tls() is called: records are read as they come
         self._known: set[int] = set()
+        self._holds = 0
         self.pending: deque[_Pending] = deque()
         self.sessions: dict[tuple, list[TlsSession]] = {}  # (client ip, server) -> ended
         self.n_sessions = 0
@@ -384,6 +399,15 @@ class MeshMatcher:
         self.pending.append(p)
         w = self.windows.setdefault(p.key, deque())
         w.append(p)
+        self._holds += 1
+        if not self._holds & 1023:  # windows of keys no longer in use
+            old = self.now - 2 * self.hold_ns
+            for k in list(self.windows):
+                dq = self.windows[k]
+                while dq and dq[0].end < old:
+                    dq.popleft()
+                if not dq:
+                    del self.windows[k]
         while len(self.pending) > self.max_pending:
             self.stats.add("mesh", "resolved_early")
             self._resolve(self.pending.popleft())
@@ -410,9 +434,11 @@ class MeshMatcher:
         w = self.windows.get(p.key)
         if not w:
             return False
-        while w and w[0].end < p.req_lo - self.hold_ns:  # forget old windows
+        while w and w[0].end < p.req_lo - 5_000_000_000:  # forget old windows
             w.popleft()
-        for q in w:
+        for q in reversed(w):  # (newest first: neighbours in time come first)
+            if q.end < p.req_lo - 1_000_000_000:
+                break
             if q is p:
                 continue
             if (q.req_lo < p.req_hi and p.req_lo < q.req_hi) or (
@@ -420,28 +446,31 @@ class MeshMatcher:
                 return True
         return False
 
-    def _conns(self, key: tuple) -> list[_Conn]:
-        sessions = self.sessions.get(key, [])
+    def _conns(self, key: tuple, lo: int, hi: int) -> list[_Conn]:
+        """The TLS connections of ``key`` alive in ``[lo, hi]``, each with its
+        observations, records limited to that window."""
         groups: dict[tuple, list[TlsSession]] = {}
-        for s in sessions:
-            groups.setdefault((s.client, s.server), []).append(s)
+        for s in self.sessions.get(key, ()):
+            start = s.client_hello_ts or s.from_client.end_ts
+            if start <= hi and _ended(s) >= lo:
+                groups.setdefault((s.client, s.server), []).append(s)
         out = []
         for g in groups.values():
             # the same 4-tuple may be reused over time: observations overlap in time
             g.sort(key=lambda s: s.client_hello_ts or s.from_client.end_ts)
             cur: list[TlsSession] = []
             for s in g:
-                if cur and (s.client_hello_ts or 0) > max(
-                        max(o.from_client.end_ts, o.from_server.end_ts) for o in cur):
-                    out.append(_Conn(cur))
+                if cur and (s.client_hello_ts or 0) > max(_ended(o) for o in cur):
+                    out.append(_Conn(cur, lo, hi))
                     cur = []
                 cur.append(s)
             if cur:
-                out.append(_Conn(cur))
+                out.append(_Conn(cur, lo, hi))
         return out
 
     def _resolve(self, p: _Pending) -> None:
-        conns = [c for c in self._conns(p.key) if c.start <= p.resp_hi and c.end >= p.req_lo]
+        # (a second of slack each side: the callee's clock side of a record is later)
+        conns = self._conns(p.key, p.req_lo - 1_000_000_000, p.resp_hi + 1_000_000_000)
         req: list[tuple[int, int, _Conn]] = []  # (a, b, conn)
         for c in conns:
             up = c.up
