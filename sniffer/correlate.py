@@ -275,7 +275,6 @@ class Correlator:
         self.window: deque[Leg] = deque()  # candidates, in arrival order
         self.index: dict[tuple, tuple[list[int], list[Leg]]] = {}  # key -> sorted by req start
         self.same_leg: dict[tuple, list[Leg]] = {}
-        self.proxies = ProxyStats()
         self.hops = 0
         self._stale: dict[tuple, int] = {}  # index key -> evicted legs still in its lists
         self._ctx_memo: dict[int, tuple[list, TraceContext | None]] = {}
@@ -352,6 +351,11 @@ class Correlator:
             starts.insert(i, t)
             legs.insert(i, leg)
         leg.keys.append(key)
+
+    def advance(self, ts: int) -> None:
+        """Capture time has reached ``ts`` even if no exchange says so (live sources):
+        legs that have settled are matched and handed on."""
+        self._advance(ts)
 
     def _advance(self, ts: int) -> None:
         if ts > self.now:
@@ -497,7 +501,6 @@ class Correlator:
         self.hops += 1
         if len(self.edges) < 65536:
             self.edges.add((dx.server, ux.server))
-        self.proxies.add(hop)
         self.stats.counts[_MATCH_KEYS.get(kind) or ("correlate", f"match_{kind}")] += 1
         if ambiguous:
             self.stats.add("correlate", "ambiguous")

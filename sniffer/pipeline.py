@@ -342,7 +342,7 @@ class Backend:
     def tick(self, now_ns: int) -> None:
         """Live sources: capture time has reached ``now_ns`` even if no exchange says so
         (legs that have settled are matched and handed on without waiting for traffic)."""
-        self.corr._advance(now_ns)
+        self.corr.advance(now_ns)
         self.mesh.advance(now_ns)
 
     def finish(self) -> None:
