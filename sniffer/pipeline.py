@@ -250,7 +250,7 @@ def run_replay(paths: list[str], *, count: int = 0, factory: ConsumerFactory | N
                on_hop: Callable[[Hop], None] | None = None,
                on_unmatched: Callable[[Exchange, TraceContext | None], None] | None = None,
                on_tls: Callable[[TlsSession], None] | None = None,
-               on_mesh: Callable[[MeshHop], None] | None = None) -> Summary:
+               on_mesh: Callable[[MeshHop], None] | None = None, jobs: int = 1) -> Summary:
     """Replay capture files through the engine. ``progress(packets, done, total)`` in raw bytes.
 
     By default every connection goes through protocol detection and the parsers; each
@@ -258,10 +258,17 @@ def run_replay(paths: list[str], *, count: int = 0, factory: ConsumerFactory | N
     to the proxy correlator, which calls ``on_hop`` for each matched proxy hop and
     ``on_unmatched(exchange, trace context)`` for each exchange that is in no hop. Each TLS
     connection's ``TlsSession`` goes to ``on_tls``. A ``factory`` replaces all of that with
-    the caller's own stream consumers.
+    the caller's own stream consumers. ``jobs=2`` parses in a child process while this one
+    correlates (``sniffer.replay_jobs``; not with a ``factory``).
     """
     stats = Stats()
     caps = open_all(paths, stats)
+    if jobs >= 2 and factory is None:
+        for c in caps:  # (opened to report a bad file before any work; the child reopens)
+            c.close()
+        return _replay_two_process(paths, stats, count=count, tcp_config=tcp_config,
+                                   progress=progress, on_exchange=on_exchange, on_hop=on_hop,
+                                   on_unmatched=on_unmatched, on_tls=on_tls, on_mesh=on_mesh)
     total = sum(c.size for c in caps)
     cb: ProgressFn | None = None
     if progress is not None:
@@ -370,6 +377,28 @@ class Backend:
             },
             "http2": stats.by_stage("http2"),
         }
+
+
+def _replay_two_process(paths: list[str], stats: Stats, *, count: int, tcp_config: Any,
+                        progress: Callable[[int, int, int], None] | None,
+                        **callbacks: Any) -> Summary:
+    from .replay_jobs import run_two_process
+
+    back = Backend(stats, **callbacks)
+    t0 = time.perf_counter()
+    old_gc = low_gc()
+    try:
+        r = run_two_process(paths, back, stats, count=count, tcp_config=tcp_config,
+                            progress=progress)
+        back.finish()
+    finally:
+        gc.set_threshold(*old_gc)
+    elapsed = time.perf_counter() - t0
+    link_types, interfaces = interface_counts(r["points"])
+    return Summary(files=paths, packets=r["packets"], bytes=r["bytes"],
+                   tcp_packets=r["tcp_packets"], first_ts=r["first_ts"],
+                   last_ts=r["last_ts"], elapsed_s=elapsed, link_types=link_types,
+                   interfaces=interfaces, stats=stats, extra={**back.extra(), "jobs": 2})
 
 
 def interface_counts(points: Iterable[CapturePoint]) -> tuple[dict[str, int], dict[str, int]]:
