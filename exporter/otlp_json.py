@@ -113,9 +113,10 @@ _KEY_PREFIX_MAX = 4096
 
 
 def _key_prefix(key: str) -> str:
+    """``,{"key":KEY,"value":`` (with its separating comma: see _kvs_into)."""
     p = _KEY_PREFIX.get(key)
     if p is None:
-        p = ('{"key":' + _jstr(key) + ',"value":') if key else '{"value":'
+        p = (',{"key":' + _jstr(key) + ',"value":') if key else ',{"value":'
         if len(_KEY_PREFIX) >= _KEY_PREFIX_MAX:
             _KEY_PREFIX.clear()
         _KEY_PREFIX[key] = p
@@ -156,66 +157,121 @@ def _fast_double(v: float) -> str:
     return float.__repr__(v)
 
 
-def _fast_kvs(attrs: dict[str, Any]) -> str:
-    out = []
+# The line is built as one flat list of pieces joined once at the end (fast_json_line):
+# nested joins and ``+`` of long strings would copy each span's text several times over.
+# Attribute pieces start with their separating comma; whoever starts a list of them drops
+# the first one's.
+
+# Encoded ``,{"key":…,"value":{…}}`` pieces of attribute (key, value) pairs that repeat
+# from span to span: method, scheme, addresses, ports, status codes, capture point, proxy
+# and upstream addresses, match kind… (most of a span's attributes). Only ``str`` values and
+# small ``int`` ones (ports, status codes, counts; not the nanosecond durations, which rarely
+# repeat) go in, as exact types, so no lookup can hit an equal value of another type (``True``
+# is ``1``). Emptied when it reaches _KV_MAX entries (varied paths just make it miss more).
+_KV: dict[tuple[str, Any], str] = {}
+_KV_MAX = 8192
+_SMALL_INT = 1 << 16
+
+
+def _kv_miss(k: str, v: Any) -> str:
+    """The piece of (k, v), a ``str`` or small ``int`` value, computed and remembered."""
+    p = _KEY_PREFIX.get(k) or _key_prefix(k)
+    f = f'{p}{{"stringValue":{_jstr(v)}}}}}' if type(v) is str else f'{p}{{"intValue":"{v}"}}}}'
+    if len(_KV) >= _KV_MAX:
+        _KV.clear()
+    _KV[(k, v)] = f
+    return f
+
+
+def _kvs_into(attrs: dict[str, Any], out: list[str]) -> None:
+    """Appends ``,{"key":…,"value":…}`` to ``out`` for each attribute. (f-strings rather than
+    ``+``: one string built instead of one per ``+``; ``{v}`` of an exact int is ``str(v)``.)"""
     append = out.append
+    kvs = _KV
     prefixes = _KEY_PREFIX
     for k, v in attrs.items():
-        p = prefixes.get(k) or _key_prefix(k)
         t = type(v)
-        if t is str:
-            append(p + '{"stringValue":' + _jstr(v) + "}}")
-        elif t is int and _I64_MIN <= v <= _I64_MAX:
-            append(p + '{"intValue":"' + str(v) + '"}}')
+        if t is str or (t is int and 0 <= v < _SMALL_INT):
+            append(kvs.get((k, v)) or _kv_miss(k, v))
+            continue
+        p = prefixes.get(k) or _key_prefix(k)
+        if t is int and _I64_MIN <= v <= _I64_MAX:
+            append(f'{p}{{"intValue":"{v}"}}}}')
+        elif t is bool:
+            append(p + ('{"boolValue":true}}' if v else '{"boolValue":false}}'))
         else:
             append(p + _fast_any(v) + "}")
-    return ",".join(out)
+
+
+def _fast_kvs(attrs: dict[str, Any]) -> str:
+    out: list[str] = []
+    _kvs_into(attrs, out)
+    if out:
+        out[0] = out[0][1:]
+    return "".join(out)
+
+
+_LOWER_HEX = "0123456789abcdef"
 
 
 def _hex(s: str) -> str:
+    """An id as lowercase hex, as ``bytes.fromhex(s).hex()`` has it (ValueError if not hex).
+    Ids nearly always are already: lowercase hex digits, an even number of them."""
+    if type(s) is str and not len(s) & 1 and not s.strip(_LOWER_HEX):
+        return s  # (strip() leaves nothing only when every character is a hex digit)
     return bytes.fromhex(s).hex()
 
 
 def _u64(v: int) -> int:
-    v = int(v)
+    if type(v) is not int:
+        v = int(v)
     if not 0 <= v <= _U64_MAX:
         raise ValueError(f"time out of uint64 range: {v}")
     return v
 
 
-def _fast_span(s: SpanRecord) -> str:
-    parts = []
+def _span_into(s: SpanRecord, out: list[str]) -> None:
+    """Appends ``,{…span…}`` to ``out`` (with its separating comma, like attributes)."""
+    # the fields before the attributes, each with a comma first (the span's first one is
+    # dropped below); they are short: one f-string, where each ``+`` would build a string
     tid = _hex(s.trace_id)
-    if tid:
-        parts.append('"traceId":"' + tid + '"')
     sid = _hex(s.span_id)
-    if sid:
-        parts.append('"spanId":"' + sid + '"')
-    if s.trace_state:
-        parts.append('"traceState":' + _jstr(s.trace_state))
-    if s.parent_span_id:
-        pid = _hex(s.parent_span_id)
-        if pid:
-            parts.append('"parentSpanId":"' + pid + '"')
-    if s.name:
-        parts.append('"name":' + _jstr(s.name))
-    if s.kind:
-        parts.append('"kind":' + str(int(s.kind)))
+    pid = _hex(s.parent_span_id) if s.parent_span_id else ""
+    kind = s.kind
     start = _u64(s.start_ns)
     end = _u64(max(s.end_ns, s.start_ns))
-    if start:
-        parts.append('"startTimeUnixNano":"' + str(start) + '"')
-    if end:
-        parts.append('"endTimeUnixNano":"' + str(end) + '"')
+    f_tid = f',"traceId":"{tid}"' if tid else ""
+    f_sid = f',"spanId":"{sid}"' if sid else ""
+    f_state = f',"traceState":{_jstr(s.trace_state)}' if s.trace_state else ""
+    f_pid = f',"parentSpanId":"{pid}"' if pid else ""
+    f_name = f',"name":{_jstr(s.name)}' if s.name else ""
+    f_kind = f',"kind":{kind if type(kind) is int else int(kind)}' if kind else ""
+    f_start = f',"startTimeUnixNano":"{start}"' if start else ""
+    f_end = f',"endTimeUnixNano":"{end}"' if end else ""
+    head = f"{f_tid}{f_sid}{f_state}{f_pid}{f_name}{f_kind}{f_start}{f_end}"
+    code, message = s.status_code, s.status_message
+    if not message and not code:
+        status = '"status":{}}'
+    else:
+        f_msg = f',"message":{_jstr(message)}' if message else ""
+        f_code = f',"code":{code if type(code) is int else int(code)}' if code else ""
+        status = f'"status":{{{(f_msg + f_code)[1:]}}}}}'
+    sep = "," if head else ""
     if s.attributes:
-        parts.append('"attributes":[' + _fast_kvs(s.attributes) + "]")
-    st = []
-    if s.status_message:
-        st.append('"message":' + _jstr(s.status_message))
-    if s.status_code:
-        st.append('"code":' + str(int(s.status_code)))
-    parts.append('"status":{' + ",".join(st) + "}")
-    return "{" + ",".join(parts) + "}"
+        out.append(f',{{{head[1:]}{sep}"attributes":[')
+        i = len(out)
+        _kvs_into(s.attributes, out)
+        out[i] = out[i][1:]
+        out.append("]," + status)
+    else:
+        out.append(f',{{{head[1:]}{sep}{status}')
+
+
+def _fast_span(s: SpanRecord) -> str:
+    out: list[str] = []
+    _span_into(s, out)
+    out[0] = out[0][1:]
+    return "".join(out)
 
 
 def fast_json_line(spans: Iterable[SpanRecord], resource: dict[str, Any],
@@ -224,13 +280,22 @@ def fast_json_line(spans: Iterable[SpanRecord], resource: dict[str, Any],
     scope = '{"name":' + _jstr(SCOPE_NAME) + (
         (',"version":' + _jstr(version)) if version else "") + "}"
     groups = by_resource(spans, resource) or [(resource, [])]
-    out = []
-    for r, group in groups:
+    out = ['{"resourceSpans":[']
+    append = out.append
+    for n, (r, group) in enumerate(groups):
         res = ('{"attributes":[' + _fast_kvs(r) + "]}") if r else "{}"
-        body = ",".join([_fast_span(s) for s in group])
-        out.append('{"resource":' + res + ',"scopeSpans":[{"scope":' + scope
-                   + ((',"spans":[' + body + "]") if body else "") + "}]}")
-    return '{"resourceSpans":[' + ",".join(out) + "]}"
+        append((',{"resource":' if n else '{"resource":') + res + ',"scopeSpans":[{"scope":'
+               + scope)
+        if group:
+            append(',"spans":[')
+            first = len(out)
+            for s in group:
+                _span_into(s, out)
+            out[first] = out[first][1:]
+            append("]")
+        append("}]}")
+    append("]}")
+    return "".join(out)
 
 
 def default_resource(service_name: str) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from collections.abc import Iterable
 from typing import Any
 
+from sniffer.capture.model import CapturePoint
 from sniffer.correlate import Hop
 from sniffer.exchange import Exchange
 from sniffer.tracecontext import TraceContext, extract
@@ -56,8 +57,129 @@ def split_authority(authority: str) -> tuple[str, str]:
     return authority, ""
 
 
+# ---- memos for the span hot path (every exchange and hop of a replay comes through here) ----
+# A node sees few distinct addresses, connections, authorities, paths and capture points, and
+# each costs far more to format than to look up: ipaddress objects (~1 µs an address), the
+# endpoints' tuple reprs for the span-id digest, url_template's regex per segment. Each memo
+# is a plain dict emptied when it reaches _MEMO_MAX entries, so memory stays bounded however
+# varied the traffic (it then only costs the odd miss). Only exact built-in types are
+# memoised (``type(x) is bytes``…), and a hit counts only for exact types too: an equal value
+# of another type (``True`` for ``1``, a memoryview for bytes) must still get its own text,
+# or its own error.
+_MEMO_MAX = 4096
+_IP_TEXT: dict[bytes, str] = {}  # address bytes -> text
+_EPS_REPR: dict[tuple[tuple[bytes, int], tuple[bytes, int]], str] = {}  # (client, server)
+_PATH_TEMPLATE: dict[str, tuple[str, str]] = {}  # target -> (path, url_template(path))
+_AUTHORITY: dict[str, tuple[str, int | None]] = {}
+_VERSION: dict[str, str] = {}  # protocol -> network.protocol.version
+
+
 def _ip(addr: bytes) -> str:
-    return str(ipaddress.ip_address(addr))
+    if type(addr) is not bytes:
+        return str(ipaddress.ip_address(addr))
+    s = _IP_TEXT.get(addr)
+    if s is None:
+        s = str(ipaddress.ip_address(addr))
+        if len(_IP_TEXT) >= _MEMO_MAX:
+            _IP_TEXT.clear()
+        _IP_TEXT[addr] = s
+    return s
+
+
+def _is_ep(ep: object) -> bool:
+    """An endpoint of exact types: a (bytes, int) tuple."""
+    return type(ep) is tuple and len(ep) == 2 and type(ep[0]) is bytes \
+        and type(ep[1]) is int  # type: ignore[index]
+
+
+def _eps_repr(client: tuple[bytes, int], server: tuple[bytes, int]) -> str:
+    """``f"{client!r}\\0{server!r}"``, memoised by connection (the endpoints' reprs are
+    most of the cost of a span id's digest text)."""
+    try:
+        s = _EPS_REPR.get((client, server))
+    except TypeError:  # unhashable: no memo
+        s = None
+    # a hit is equal to a key of exact types: checking the types of the parts suffices
+    if s is not None and type(client) is tuple and type(server) is tuple \
+            and type(client[1]) is int and type(server[1]) is int \
+            and type(client[0]) is bytes and type(server[0]) is bytes:
+        return s
+    s = f"{client!r}\0{server!r}"
+    if _is_ep(client) and _is_ep(server):
+        if len(_EPS_REPR) >= _MEMO_MAX:
+            _EPS_REPR.clear()
+        _EPS_REPR[(client, server)] = s
+    return s
+
+
+def _path_template(ex: Exchange) -> tuple[str, str]:
+    """(``ex.path``, its ``url_template``), memoised by target: an Exchange's path is made
+    from its target alone."""
+    target = ex.target
+    if type(target) is not str or type(ex) is not Exchange:
+        path = ex.path
+        return path, url_template(path)
+    r = _PATH_TEMPLATE.get(target)
+    if r is None:
+        path = ex.path
+        r = path, url_template(path)
+        if len(_PATH_TEMPLATE) >= _MEMO_MAX:
+            _PATH_TEMPLATE.clear()
+        _PATH_TEMPLATE[target] = r
+    return r
+
+
+def _authority(authority: str) -> tuple[str, int | None]:
+    """(host, the port as an int when it is all digits, else None), memoised."""
+    if type(authority) is not str:
+        host, port = split_authority(authority)
+        return host, int(port) if port.isdigit() else None
+    r = _AUTHORITY.get(authority)
+    if r is None:
+        host, port = split_authority(authority)
+        r = host, int(port) if port.isdigit() else None  # int() may raise: then not kept
+        if len(_AUTHORITY) >= _MEMO_MAX:
+            _AUTHORITY.clear()
+        _AUTHORITY[authority] = r
+    return r
+
+
+def _version(protocol: str) -> str:
+    """``network.protocol.version`` of ``http/1.1`` etc., memoised."""
+    if type(protocol) is not str:
+        return protocol.split("/", 1)[-1]
+    v = _VERSION.get(protocol)
+    if v is None:
+        v = protocol.split("/", 1)[-1]
+        if len(_VERSION) >= _MEMO_MAX:
+            _VERSION.clear()
+        _VERSION[protocol] = v
+    return v
+
+
+# CapturePoint.name is a property, rebuilt from (source, namespace, interface) at each call,
+# and a point's fields may still change after it is made (the agent sets its pod points'
+# namespace): the memo, keyed by the point (compared by identity), keeps the three fields it
+# was built from and is used only while they are still the same objects.
+_POINT_NAME: dict[CapturePoint, tuple[str, str, str, str]] = {}
+
+
+def _point_name(point: object) -> str:
+    """A capture point's ``name`` (``str()`` of anything without one)."""
+    if type(point) is CapturePoint:
+        m = _POINT_NAME.get(point)
+        if m is not None and m[0] is point.source and m[1] is point.namespace \
+                and m[2] is point.interface:
+            return m[3]
+        name = point.name
+        if len(_POINT_NAME) >= _MEMO_MAX:
+            _POINT_NAME.clear()
+        _POINT_NAME[point] = (point.source, point.namespace, point.interface, name)
+        return name
+    try:
+        return point.name  # type: ignore[attr-defined]
+    except AttributeError:
+        return str(point)
 
 
 @dataclass(slots=True)
@@ -92,37 +214,58 @@ def by_resource(spans: Iterable[SpanRecord], default: dict[str, Any]
 
 
 def _digest(*parts: object) -> bytes:
-    h = hashlib.sha256()
-    for p in parts:
-        h.update(repr(p).encode())
-        h.update(b"\0")
-    return h.digest()
+    """SHA-256 over ``repr(part) + "\0"`` for each part."""
+    return _digest_text("".join([repr(p) + "\0" for p in parts]))
+
+
+def _digest_text(text: str) -> bytes:
+    return hashlib.sha256(text.encode()).digest()
+
+
+def _ident_text(ex: Exchange, point: str) -> str:
+    """What ``_digest(*_ident(ex))`` hashes (``point``: the name of ``ex.point``), built at
+    once: each part's repr then a NUL (one sha256 update over the whole text gives the
+    digest of an update per part)."""
+    text = (f"{point!r}\0{_eps_repr(ex.client, ex.server)}\0"
+            f"{ex.request.first_ts!r}\0{ex.method!r}\0{ex.target!r}\0")
+    if ex.stream_id:
+        text += f"{ex.stream_id!r}\0"
+    return text
+
+
+_BAD_FLAGS = frozenset(("reset", "gap", "no_response", "truncated", "malformed"))
 
 
 def _http_attrs(ex: Exchange, ctx: TraceContext | None, keep_query: bool,
-                attrs: dict[str, Any]) -> tuple[str, int, str, int]:
+                attrs: dict[str, Any], point: str | None = None
+                ) -> tuple[str, int, str, int]:
     """The HTTP / RPC semantic-convention attributes of one exchange, into ``attrs``;
-    returns (span name, status code, status message, end of the response)."""
-    point = getattr(ex.point, "name", str(ex.point))
-    path = ex.path
-    template = url_template(path)
-    host, port = split_authority(ex.authority)
+    returns (span name, status code, status message, end of the response). ``point``: the
+    name of ``ex.point``, when the caller has it already."""
+    if point is None:
+        point = _point_name(ex.point)
+    path, template = _path_template(ex)
+    host, port = _authority(ex.authority)
+    server = ex.server
+    method = ex.method
+    peer = _ip(server[0])
     attrs.update({
-        "http.request.method": ex.method or "_OTHER",
+        "http.request.method": method or "_OTHER",
         "url.path": path,
         "url.scheme": ex.scheme or "http",
         "url.template": template,
-        "server.address": host or _ip(ex.server[0]),
-        "server.port": int(port) if port.isdigit() else ex.server[1],
+        "server.address": host or peer,
+        "server.port": server[1] if port is None else port,
         "client.address": _ip(ex.client[0]),
-        "network.peer.address": _ip(ex.server[0]),
-        "network.peer.port": ex.server[1],
-        "network.protocol.version": ex.protocol.split("/", 1)[-1],
+        "network.peer.address": peer,
+        "network.peer.port": server[1],
+        "network.protocol.version": _version(ex.protocol),
         "wirespan.capture.interface": point,
     })
-    name = f"{ex.method or 'HTTP'} {template}"
+    name = f"{method or 'HTTP'} {template}"
     status, message = STATUS_UNSET, ""
-    if ex.is_grpc and ex.stream_id:
+    request = ex.request
+    if ex.stream_id and ex.is_grpc:
         # gRPC: the RPC conventions; the path is /package.Service/Method
         rpc = path[1:] if path.startswith("/") else path
         attrs["rpc.system.name"] = "grpc"
@@ -133,10 +276,11 @@ def _http_attrs(ex: Exchange, ctx: TraceContext | None, keep_query: bool,
             if ex.grpc_status != 0:
                 status = STATUS_ERROR
                 message = ex.grpc_message
-        timeout = ex.request.header("grpc-timeout")
+        timeout = request.header("grpc-timeout")
         if timeout:
             attrs["rpc.grpc.request.metadata.grpc-timeout"] = [timeout]
-    if "partial_headers" in ex.flags:
+    flags = ex.flags
+    if flags and "partial_headers" in flags:
         attrs["wirespan.http2.partial_headers"] = True
     if keep_query and "?" in ex.target:
         attrs["url.query"] = ex.target.split("?", 1)[1]
@@ -144,27 +288,28 @@ def _http_attrs(ex: Exchange, ctx: TraceContext | None, keep_query: bool,
         attrs["wirespan.upstream.address"] = f"{_ip(ex.dialled[0])}:{ex.dialled[1]}"
     if ctx is not None and ctx.request_id:
         attrs["http.request.header.x-request-id"] = [ctx.request_id]
-    l5d = ex.request.header("l5d-client-id")
+    l5d = request.header("l5d-client-id")
     if l5d:
         attrs["l5d.client_id"] = l5d
-    end = ex.request.last_ts
+    end = request.last_ts
     if ex.response is not None:
         attrs["http.response.status_code"] = ex.status
         end = max(end, ex.response.last_ts)
         if ex.status >= 500:
             status = STATUS_ERROR
-    bad = ex.flags & {"reset", "gap", "no_response", "truncated", "malformed"}
-    if bad:
-        status = STATUS_ERROR
-        message = ",".join(sorted(bad)) + (f": {message}" if message else "")
-    if ex.flags:
-        attrs["wirespan.exchange.flags"] = sorted(ex.flags)
+    if flags:
+        bad = flags & _BAD_FLAGS
+        if bad:
+            status = STATUS_ERROR
+            message = ",".join(sorted(bad)) + (f": {message}" if message else "")
+        attrs["wirespan.exchange.flags"] = sorted(flags)
     return name, status, message, end
 
 
 def _ident(ex: Exchange) -> tuple:
-    point = getattr(ex.point, "name", str(ex.point))
-    ident: tuple = (point, ex.client, ex.server, ex.request.first_ts, ex.method, ex.target)
+    """What a span id is derived from (see _ident_text)."""
+    ident: tuple = (_point_name(ex.point), ex.client, ex.server, ex.request.first_ts,
+                    ex.method, ex.target)
     if ex.stream_id:  # several HTTP/2 requests often share one packet, hence one timestamp
         ident += (ex.stream_id,)
     return ident
@@ -181,26 +326,29 @@ def _trace(ctx: TraceContext | None, digest: bytes, attrs: dict[str, Any]) -> tu
 
 def exchange_span(ex: Exchange, ctx: TraceContext | None, keep_query: bool = False
                   ) -> SpanRecord:
-    d = _digest(*_ident(ex))
+    point = _point_name(ex.point)
+    d = _digest_text(_ident_text(ex, point))  # = _digest(*_ident(ex))
     attrs: dict[str, Any] = {"wirespan.span.role": "exchange"}
     trace_id, parent = _trace(ctx, d, attrs)
-    name, status, message, end = _http_attrs(ex, ctx, keep_query, attrs)
-    return SpanRecord(trace_id=trace_id, span_id=d[:8].hex(), parent_span_id=parent,
-                      name=name, kind=KIND_CLIENT,
-                      start_ns=ex.request.first_ts, end_ns=end, status_code=status,
-                      status_message=message, attributes=attrs,
-                      trace_state=ctx.tracestate if ctx is not None else "")
+    name, status, message, end = _http_attrs(ex, ctx, keep_query, attrs, point)
+    # (positional: this runs for every span, and keywords cost more; SpanRecord's order)
+    return SpanRecord(trace_id, d[:8].hex(), parent, name, KIND_CLIENT, ex.request.first_ts,
+                      end, status, message, attrs,
+                      ctx.tracestate if ctx is not None else "")
 
 
 def proxy_span(hop: Hop, keep_query: bool = False) -> SpanRecord:
     """A matched hop -> a SERVER span for the proxy: trace and parent from the downstream
     leg's headers, times at the proxy, the dwell attributes of the contract."""
     dx, ux = hop.down.ex, hop.up.ex
-    d = _digest("proxy", *_ident(dx), *_ident(ux))
+    dpoint = _point_name(dx.point)
+    # = _digest("proxy", *_ident(dx), *_ident(ux))
+    d = _digest_text("'proxy'\0" + _ident_text(dx, dpoint)
+                     + _ident_text(ux, _point_name(ux.point)))
     ctx = hop.down.ctx
     attrs: dict[str, Any] = {"wirespan.span.role": "proxy"}
     trace_id, parent = _trace(ctx, d, attrs)
-    name, status, message, _end = _http_attrs(dx, ctx, keep_query, attrs)
+    name, status, message, _end = _http_attrs(dx, ctx, keep_query, attrs, dpoint)
     attrs.update({
         "wirespan.proxy.request_dwell_ns": hop.request_dwell_ns,
         "wirespan.proxy.response_dwell_ns": hop.response_dwell_ns,
@@ -221,11 +369,11 @@ def proxy_span(hop: Hop, keep_query: bool = False) -> SpanRecord:
         attrs["wirespan.upstream.status_code"] = ux.status
     if len(hop.down.obs) > 1 or len(hop.up.obs) > 1:
         attrs["wirespan.capture.interfaces"] = sorted(
-            {getattr(o.point, "name", str(o.point)) for o in hop.down.obs + hop.up.obs})
-    return SpanRecord(trace_id=trace_id, span_id=d[:8].hex(), parent_span_id=parent,
-                      name=name, kind=KIND_SERVER, start_ns=hop.start_ns, end_ns=hop.end_ns,
-                      status_code=status, status_message=message, attributes=attrs,
-                      trace_state=ctx.tracestate if ctx is not None else "")
+            {_point_name(o.point) for o in hop.down.obs + hop.up.obs})
+    # (positional, as in exchange_span)
+    return SpanRecord(trace_id, d[:8].hex(), parent, name, KIND_SERVER, hop.start_ns,
+                      hop.end_ns, status, message, attrs,
+                      ctx.tracestate if ctx is not None else "")
 
 
 def _dwell_attrs(attrs: dict[str, Any], dw: Any, ambiguous: bool) -> None:

@@ -56,19 +56,21 @@ MAX_CANDIDATES = 64  # nested candidates examined per downstream leg
 class Leg:
     """One request/response on one connection, with every observation of it."""
 
-    __slots__ = ("obs", "ex", "ctx", "end", "used_as_upstream", "in_hop", "keys", "done",
-                 "settled", "req_first_min", "req_first_max", "resp_first_min",
-                 "resp_first_max", "resp_last_min", "resp_last_max", "level")
+    __slots__ = ("obs", "ex", "ctx", "end", "used_as_upstream", "in_hop", "ident", "same",
+                 "entries", "done", "settled", "req_first_min", "req_first_max",
+                 "resp_first_min", "resp_first_max", "resp_last_min", "resp_last_max", "level")
 
     def __init__(self, ex: Exchange, ctx: TraceContext | None) -> None:
         self.obs: list[Exchange] = [ex]
         self.ex = ex  # the first observation (``obs[0]``)
         self.ctx = ctx
-        self.used_as_upstream = False
-        self.in_hop = False
-        self.done = False
+        self.used_as_upstream = self.in_hop = self.done = False
         self.settled = False  # matched (or not) as a downstream leg
-        self.keys: list[tuple] = []
+        # where the correlator holds it: its key in ``same_leg`` and that list, and its
+        # lists in ``index`` (held here so that matching and eviction need no look-ups)
+        self.ident: tuple | None = None
+        self.same: list[Leg] | None = None
+        self.entries: tuple[_Keyed, ...] = ()
         self.level: tuple | None = None  # _level(), once asked
         # (_times(ex, first=True), inlined: this runs for every exchange)
         resp = ex.response
@@ -102,6 +104,22 @@ class Leg:
         self._times(ex)
 
 
+class _Keyed:
+    """The legs under one index key (``kind`` is its first item: ``t`` trace id, ``r``
+    request id, ``m`` method and path alone), sorted by request start (``starts``: each
+    one's ``req_first_min`` when it was added), and ``stale``: how many of them have left
+    the window since the lists were last compacted."""
+
+    __slots__ = ("key", "kind", "starts", "legs", "stale")
+
+    def __init__(self, key: tuple, t: int, leg: Leg) -> None:
+        self.key = key
+        self.kind: str = key[0]
+        self.starts = [t]
+        self.legs = [leg]
+        self.stale = 0
+
+
 @dataclass(slots=True)
 class Hop:
     """A matched proxy hop, with the observations used for its times."""
@@ -125,6 +143,7 @@ class Hop:
 
 
 _EP_TEXT: dict[tuple[bytes, int], str] = {}
+_PATHS: dict[str, str] = {}  # request-target -> its path (Exchange.path), memoised
 
 
 def _ip(addr: bytes) -> str:
@@ -141,8 +160,11 @@ def _ep(ep: tuple[bytes, int]) -> str:
     return s
 
 
+_LOOPBACK6 = b"\x00" * 15 + b"\x01"
+
+
 def _is_loopback(addr: bytes) -> bool:
-    return addr[:1] == b"\x7f" if len(addr) == 4 else addr == b"\x00" * 15 + b"\x01"
+    return addr[0] == 0x7F if len(addr) == 4 else addr == _LOOPBACK6
 
 
 def _direction(d: Exchange, u: Exchange) -> str:
@@ -153,10 +175,15 @@ def _direction(d: Exchange, u: Exchange) -> str:
     return ""
 
 
+def _request_first_ts(ex: Exchange) -> int:
+    return ex.request.first_ts
+
+
 _REQ_FIRST_MIN = attrgetter("req_first_min")
 _RESP_FIRST_MAX = attrgetter("resp_first_max")
 _KINDS = {"t": "trace-context", "r": "request-id", "m": "timing"}
 _EVICTED_FULL = ("correlate", "evicted_window_full")  # a Stats key
+_AMBIGUOUS = ("correlate", "ambiguous")  # a Stats key
 _MATCH_KEYS = {kind: ("correlate", f"match_{kind}") for kind in _KINDS.values()}  # Stats keys
 
 
@@ -175,13 +202,36 @@ def _direct(cands: list[Leg]) -> tuple[list[Leg], int]:
     many are already another leg's upstream). A candidate nested in time inside a candidate
     to another server is further down a chain (its parent's upstream), not ours; candidates
     to the same server (at the same level, see ``_level``) are siblings — concurrent
-    requests — and never hide each other."""
-    if len(cands) == 1:
+    requests — and never hide each other. That is: ``u`` is hidden iff some candidate ``v``
+    at another level has ``v.req_first_min <= u.req_first_min`` and
+    ``v.resp_first_max >= u.resp_first_max``."""
+    n = len(cands)
+    if n == 1:
         u = cands[0]
         return ([], 1) if u.used_as_upstream else ([u], 0)
+    levels = [u.level or _level(u) for u in cands]
+    if levels.count(levels[0]) == n:
+        # (fast path, the commonest: one level, so nothing is hidden)
+        free = [u for u in cands if not u.used_as_upstream]
+        return free, n - len(free)
+    if n == 2:
+        # (fast path: two candidates at different levels; the rule above, written out)
+        a, b = cands
+        free, taken = [], 0
+        if not (b.req_first_min <= a.req_first_min and b.resp_first_max >= a.resp_first_max):
+            if a.used_as_upstream:
+                taken += 1
+            else:
+                free.append(a)
+        if not (a.req_first_min <= b.req_first_min and a.resp_first_max >= b.resp_first_max):
+            if b.used_as_upstream:
+                taken += 1
+            else:
+                free.append(b)
+        return free, taken
     groups: dict[tuple, list[Leg]] = {}
-    for u in cands:
-        groups.setdefault(_level(u), []).append(u)
+    for u, level in zip(cands, levels):
+        groups.setdefault(level, []).append(u)
     # per server: request starts (sorted) and the running max of response starts
     spans = {}
     for srv, g in groups.items():
@@ -195,9 +245,8 @@ def _direct(cands: list[Leg]) -> tuple[list[Leg], int]:
             reach.append(best)
         spans[srv] = (starts, reach)
     free, taken = [], 0
-    for u in cands:
+    for u, level in zip(cands, levels):
         hidden = False
-        level = _level(u)
         for srv, (starts, reach) in spans.items():
             if srv == level:
                 continue
@@ -258,7 +307,14 @@ class ProxyStats:
 class Correlator:
     """Exchanges in (from any number of connections and capture points), hops and unmatched
     exchanges out. ``on_hop(hop)`` for each hop as soon as it is matched; ``on_exchange(ex,
-    ctx)`` for each leg that is in no hop, once it leaves the window."""
+    ctx)`` for each leg that is in no hop, once it leaves the window.
+
+    ``add`` runs for every exchange and, in steady state, also matches one settled leg and
+    evicts one old one, so the per-exchange path is written for speed: the small helpers of
+    the rules are inlined into ``add``, ``_match`` and ``_evict``, with fast paths for the
+    common shapes (no other leg in a key's time range, one candidate, one level of
+    candidates, an index list that only the evicted leg is left in). Each fast path gives
+    exactly what the general code below it gives."""
 
     def __init__(self, on_hop: Callable[[Hop], None] | None = None,
                  on_exchange: Callable[[Exchange, TraceContext | None], None] | None = None,
@@ -273,10 +329,9 @@ class Correlator:
         self.now = 0
         self.pending: deque[Leg] = deque()  # finished, not yet matched as a downstream leg
         self.window: deque[Leg] = deque()  # candidates, in arrival order
-        self.index: dict[tuple, tuple[list[int], list[Leg]]] = {}  # key -> sorted by req start
-        self.same_leg: dict[tuple, list[Leg]] = {}
+        self.index: dict[tuple, _Keyed] = {}  # key -> its legs, sorted by request start
+        self.same_leg: dict[tuple, list[Leg]] = {}  # Leg.ident -> the most recent such legs
         self.hops = 0
-        self._stale: dict[tuple, int] = {}  # index key -> evicted legs still in its lists
         self._ctx_memo: dict[int, tuple[list, TraceContext | None]] = {}
         self.edges: set[tuple] = set()  # (proxy endpoint, upstream endpoint) of hops seen
 
@@ -285,14 +340,18 @@ class Correlator:
         self.add(ex)
 
     def add(self, ex: Exchange) -> None:
-        if not ex.method or ex.response is None:
+        method = ex.method
+        resp = ex.response
+        if not method or resp is None:
             # a response alone, or a request never answered: no hop can be measured
-            self._out(ex, extract(ex.request.headers) if ex.method else None)
+            self._out(ex, extract(ex.request.headers) if method else None)
             return
-        ident = (ex.client, ex.server, ex.stream_id, ex.method, ex.target)
+        req = ex.request
+        target = ex.target
+        ident = (ex.client, ex.server, ex.stream_id, method, target)
         legs = self.same_leg.get(ident)
         if legs:
-            rq, rl, point = ex.request.first_ts, ex.response.last_ts, ex.point
+            rq, rl, point = req.first_ts, resp.last_ts, ex.point
             for leg in reversed(legs[-8:]):
                 # (the other observations of a leg arrive within moments of each other, so
                 # the most recent legs with this identity are the only ones worth a look)
@@ -302,55 +361,65 @@ class Correlator:
                     self.stats.add("correlate", "observations_merged")
                     self._advance(leg.end)
                     return
-        headers = ex.request.headers
-        memo = self._ctx_memo.get(id(headers))
+        headers = req.headers
+        ctx_memo = self._ctx_memo
+        memo = ctx_memo.get(id(headers))
         if memo is not None and memo[0] is headers:
             ctx = memo[1]  # HTTP/2 repeats share one decoded header list: parse it once
         else:
             ctx = extract(headers)
-            if len(self._ctx_memo) >= 256:
-                self._ctx_memo.clear()
-            self._ctx_memo[id(headers)] = (headers, ctx)
+            if len(ctx_memo) >= 256:
+                ctx_memo.clear()
+            ctx_memo[id(headers)] = (headers, ctx)
+        path = _PATHS.get(target)
+        if path is None:
+            path = ex.path
+            if len(_PATHS) >= 4096:
+                _PATHS.clear()
+            _PATHS[target] = path
+        # the index keys, in the order _match tries them
+        if ctx is None:
+            # a leg without a trace id is a timing candidate: it may be the upstream of an
+            # untraced request whose proxy added a request id (nginx's $request_id, Envoy)
+            keys: tuple[tuple, ...] = (("m", method, path),)
+        elif ctx.format == "request-id":
+            rid = ctx.request_id
+            keys = ((("r", rid, method, path), ("m", method, path)) if rid
+                    else (("m", method, path),))
+        elif ctx.request_id:
+            keys = (("t", ctx.trace_id, method, path), ("r", ctx.request_id, method, path))
+        else:
+            keys = (("t", ctx.trace_id, method, path),)
         leg = Leg(ex, ctx)
+        leg.ident = ident
         if legs is None:
-            self.same_leg[ident] = [leg]
+            legs = self.same_leg[ident] = [leg]
         else:
             legs.append(leg)
             if len(legs) > 16:
                 del legs[:-8]  # only the most recent are ever looked at
-        leg.keys.append(("s", ident))
-        path = ex.path
-        index = self._index
-        if ctx is None:
-            # a leg without a trace id is a timing candidate: it may be the upstream of an
-            # untraced request whose proxy added a request id (nginx's $request_id, Envoy)
-            index(leg, ("m", ex.method, path))
-        else:
-            timing = ctx.format == "request-id"
-            if not timing:
-                index(leg, ("t", ctx.trace_id, ex.method, path))
-            if ctx.request_id:
-                index(leg, ("r", ctx.request_id, ex.method, path))
-            if timing:
-                index(leg, ("m", ex.method, path))
+        leg.same = legs
+        t = req.first_ts
+        index = self.index
+        entries = []
+        for key in keys:
+            entry = index.get(key)
+            if entry is None:
+                entry = index[key] = _Keyed(key, t, leg)
+            else:
+                starts = entry.starts
+                if starts[-1] <= t:  # (in time order, the commonest: bisect's answer)
+                    starts.append(t)
+                    entry.legs.append(leg)
+                else:
+                    i = bisect.bisect_right(starts, t)
+                    starts.insert(i, t)
+                    entry.legs.insert(i, leg)
+            entries.append(entry)
+        leg.entries = tuple(entries)
         self.pending.append(leg)
         self.window.append(leg)
-        self._advance(leg.end)
-
-    def _index(self, leg: Leg, key: tuple) -> None:
-        entry = self.index.get(key)
-        if entry is None:
-            entry = self.index[key] = ([], [])
-        starts, legs = entry
-        t = leg.req_first_min
-        if not starts or starts[-1] <= t:  # (in time order, the commonest: bisect's answer)
-            starts.append(t)
-            legs.append(leg)
-        else:
-            i = bisect.bisect_right(starts, t)
-            starts.insert(i, t)
-            legs.insert(i, leg)
-        leg.keys.append(key)
+        self._advance(resp.last_ts)  # (leg.end)
 
     def advance(self, ts: int) -> None:
         """Capture time has reached ``ts`` even if no exchange says so (live sources):
@@ -358,17 +427,18 @@ class Correlator:
         self._advance(ts)
 
     def _advance(self, ts: int) -> None:
-        if ts > self.now:
-            self.now = ts
         now = self.now
-        settle = now - self.settle_ns
+        if ts > now:
+            self.now = now = ts
         pending = self.pending
-        while pending and pending[0].end < settle:
-            self._match(pending.popleft())
+        if pending:
+            settle = now - self.settle_ns
+            match = self._match
+            while pending and pending[0].end < settle:
+                match(pending.popleft())
         horizon = now - self.window_ns
         window = self.window
         max_legs = self.max_legs
-        evict = self._evict
         while window and (window[0].end < horizon or len(window) > max_legs):
             leg = window[0]
             if not leg.settled:
@@ -378,7 +448,7 @@ class Correlator:
                     self._match(pending.popleft())
             if leg.end >= horizon:
                 self.stats.counts[_EVICTED_FULL] += 1  # (stats.add, in one step)
-            evict(window.popleft())
+            self._evict(window.popleft())
 
     def finish(self) -> None:
         while self.pending:
@@ -388,68 +458,75 @@ class Correlator:
         self._compact()
 
     # -- matching ----------------------------------------------------------------------------
-    def _candidates(self, d: Leg, key: tuple) -> list[Leg]:
-        entry = self.index.get(key)
-        if entry is None:
-            return []
-        starts, legs = entry
-        d_req, d_resp = d.req_first_min, d.resp_first_max
-        lo = bisect.bisect_left(starts, d_req)
-        hi = bisect.bisect_right(starts, d_resp, lo)
-        dx = d.ex
-        d_client, d_server = dx.client, dx.server
-        d_ip = d_server[0]
-        d_in_pod = dx.client[0] == d_ip
-        d_loop = _is_loopback(d_ip)
-        edges = self.edges
-        out: list[Leg] = []
-        for u in legs[lo:min(hi, lo + MAX_CANDIDATES * 4)]:
-            if (u is d or u.done
-                    or u.resp_first_min > d_resp or u.req_first_max < d_req):
-                continue
-            ux = u.ex
-            if ux.client == d_client:
-                continue  # not on the caller's own connection
-            u_server = ux.server
-            if u_server == d_server:
-                # a proxy does not forward to itself, except a sidecar behind an inbound
-                # REDIRECT: the caller dialled podIP:8080 and the proxy hands the request to
-                # the app at that same address, from inside the pod (over lo)
-                if ux.client[0] != u_server[0] or d_in_pod:
-                    continue
-            elif (u_server, d_server) in edges:
-                # the candidate's server is known to forward to this leg's server: this leg
-                # is downstream of it, not the other way round (concurrent requests that
-                # share one trace id would otherwise pair up backwards)
-                continue
-            u_ip = ux.client[0]
-            if not (u_ip == d_ip or d_loop or _is_loopback(u_ip)):
-                continue  # the upstream leg must leave the host the downstream leg reached
-            out.append(u)
-            if len(out) >= MAX_CANDIDATES:
-                break
-        return out
-
     def _match(self, d: Leg) -> None:
+        """Match ``d`` as a downstream leg: for each of its keys in turn, the candidates
+        under it (nested in ``d`` in time, still held, not on its connection, leaving the
+        host it reached; at most MAX_CANDIDATES), the direct ones, and the hop if any."""
         d.settled = True
         ctx = d.ctx
-        for key in d.keys:
-            k = key[0]
-            if not (k == "t" or k == "r" or (k == "m" and ctx is None)):
+        d_req, d_resp = d.req_first_min, d.resp_first_max
+        d_server = None
+        for entry in d.entries:  # (d is held: these are the live lists of its keys)
+            k = entry.kind
+            if k == "m" and ctx is not None:
+                continue  # (a request-id leg's timing key makes it a candidate, no more)
+            starts, legs = entry.starts, entry.legs
+            lo = bisect.bisect_left(starts, d_req)
+            hi = bisect.bisect_right(starts, d_resp, lo)
+            if hi - lo < 2 and (hi == lo or legs[lo] is d):
+                continue  # (fast path, the commonest: no leg but d itself in the range)
+            if d_server is None:
+                dx = d.ex
+                d_client, d_server = dx.client, dx.server
+                d_ip = d_server[0]
+                d_in_pod = d_client[0] == d_ip
+                d_loop = _is_loopback(d_ip)
+                edges = self.edges
+            cands: list[Leg] = []
+            for u in legs[lo:min(hi, lo + MAX_CANDIDATES * 4)]:
+                if (u is d or u.done
+                        or u.resp_first_min > d_resp or u.req_first_max < d_req):
+                    continue
+                ux = u.ex
+                if ux.client == d_client:
+                    continue  # not on the caller's own connection
+                u_server = ux.server
+                if u_server == d_server:
+                    # a proxy does not forward to itself, except a sidecar behind an inbound
+                    # REDIRECT: the caller dialled podIP:8080 and the proxy hands the request
+                    # to the app at that same address, from inside the pod (over lo)
+                    if ux.client[0] != u_server[0] or d_in_pod:
+                        continue
+                elif (u_server, d_server) in edges:
+                    # the candidate's server is known to forward to this leg's server: this
+                    # leg is downstream of it, not the other way round (concurrent requests
+                    # that share one trace id would otherwise pair up backwards)
+                    continue
+                u_ip = ux.client[0]
+                if not (u_ip == d_ip or d_loop or _is_loopback(u_ip)):
+                    continue  # the upstream leg must leave the host the downstream leg reached
+                cands.append(u)
+                if len(cands) >= MAX_CANDIDATES:
+                    break
+            n = len(cands)
+            if n == 1:
+                # (_direct() of one candidate, inlined)
+                u = cands[0]
+                if u.used_as_upstream:
+                    continue
+                direct, taken = cands, 0
+            elif n:
+                direct, taken = _direct(cands)
+                if not direct:
+                    continue
+            else:
                 continue
-            kind = _KINDS[k]
-            cands = self._candidates(d, key)
-            if not cands:
-                continue
-            direct, taken = _direct(cands)
-            if not direct:
-                continue
-            if kind == "timing" and (len(direct) != 1 or taken):
-                self.stats.add("correlate", "timing_ambiguous" if direct else "no_match")
+            if k == "m" and (len(direct) != 1 or taken):
+                self.stats.add("correlate", "timing_ambiguous")
                 continue
             # the key is shared by other requests in flight (a reused trace id): the pairing
             # rests on timing, and says so
-            ambiguous = taken > 0 and kind != "timing"
+            ambiguous = taken > 0 and k != "m"
             if len(direct) > 1:
                 # retries share an id but run one after another; concurrent requests that
                 # reuse one id overlap: then the one forwarded soonest is taken, and said so
@@ -458,14 +535,14 @@ class Correlator:
                                   for i, a in enumerate(direct) for b in direct[i + 1:])
                 if overlapping:
                     # (greedy: under heavy reuse of one id a leg may find its upstream taken
-                    # by an earlier one and stay unmatched; counted as no_match)
+                    # by an earlier one and stay unmatched)
                     ambiguous = True
                     u = min(direct, key=_REQ_FIRST_MIN)
                 else:
                     u = max(direct, key=_RESP_FIRST_MAX)
             else:
                 u = direct[0]
-            self._hop(d, u, kind, ambiguous, len(direct) - 1 if not ambiguous else 0)
+            self._hop(d, u, _KINDS[k], ambiguous, len(direct) - 1 if not ambiguous else 0)
             return
 
     def _hop(self, d: Leg, u: Leg, kind: str, ambiguous: bool, retries: int) -> None:
@@ -480,10 +557,13 @@ class Correlator:
         # the handshake as the proxy saw it: from the observation of U nearest the proxy
         # (the one that saw its request first), not one across a delayed link
         obs = u.obs
-        near = obs[0] if len(obs) == 1 else min(obs, key=lambda o: o.request.first_ts)
+        near = obs[0] if len(obs) == 1 else min(obs, key=_request_first_ts)
         syn, synack = near.syn_ts, near.synack_ts
         if syn and synack and syn >= d.req_first_min and synack >= syn:
             connect = synack - syn  # the proxy dialled after the request: network time
+        d_server, u_server = dx.server, ux.server
+        u_dialled = ux.dialled or u_server
+        ctx, u_ctx = d.ctx, u.ctx
         hop = Hop(  # (positional, in field order: down, up, match, ambiguous, the dwell
             # times, start, end, proxy_address, upstream_address, direction,
             # span_id_rewritten, retries)
@@ -493,57 +573,60 @@ class Correlator:
             u.resp_last_max - u_req,  # upstream_duration_ns
             connect,  # upstream_connect_ns
             d_req, max(d.resp_last_min, d_resp),  # start_ns, end_ns
-            _ep(dx.server), _ep(ux.dialled or ux.server),
+            _EP_TEXT.get(d_server) or _ep(d_server), _EP_TEXT.get(u_dialled) or _ep(u_dialled),
             _direction(dx, ux),
-            bool(d.ctx and u.ctx and d.ctx.span_id != u.ctx.span_id),
+            bool(ctx and u_ctx and ctx.span_id != u_ctx.span_id),
             retries,
         )
         self.hops += 1
-        if len(self.edges) < 65536:
-            self.edges.add((dx.server, ux.server))
-        self.stats.counts[_MATCH_KEYS.get(kind) or ("correlate", f"match_{kind}")] += 1
+        edges = self.edges
+        if len(edges) < 65536:
+            edges.add((d_server, u_server))
+        counts = self.stats.counts
+        counts[_MATCH_KEYS[kind]] += 1
         if ambiguous:
-            self.stats.add("correlate", "ambiguous")
+            counts[_AMBIGUOUS] += 1  # (stats.add, in one step)
         if self.on_hop is not None:
             self.on_hop(hop)
 
     def _evict(self, leg: Leg) -> None:
         leg.done = True
-        same, index, stale = self.same_leg, self.index, self._stale
-        for key in leg.keys:
-            if key[0] == "s":
-                lst = same.get(key[1])
-                if lst is not None and lst[-1] is leg:  # the newest with this identity
-                    del same[key[1]]
-                continue  # (never an index key)
-            # index entries are dropped lazily: done legs are skipped by _candidates, and
-            # the lists are compacted once half of a list has left
-            entry = index.get(key)
-            if entry is None:
+        lst = leg.same
+        if lst is not None and lst[-1] is leg:  # the newest with this identity
+            # (the list is the one same_leg holds: one with an older newest leg is dropped
+            # only once every leg in it has left, in arrival order)
+            del self.same_leg[leg.ident]  # type: ignore[arg-type]
+        # index entries are dropped lazily: done legs are skipped by _match, and the lists
+        # are compacted once half of a list has left
+        for entry in leg.entries:
+            n = len(entry.legs)
+            if n == 1:
+                # (fast path: this leg alone, so the compaction would drop the key)
+                del self.index[entry.key]
                 continue
-            n = stale.get(key, 0) + 1
-            if n * 2 >= len(entry[1]):  # half of this list is gone: filter it (amortised)
-                self._compact_key(key, entry)
+            stale = entry.stale + 1
+            if stale * 2 >= n:  # half of this list is gone: filter it (amortised)
+                self._compact_entry(entry)
             else:
-                stale[key] = n
-        if not leg.in_hop:
-            self._out(leg.obs[0], leg.ctx)  # one exchange, however many points saw it
+                entry.stale = stale
+        leg.same, leg.entries = None, ()  # (no reference cycles: refcounting frees it)
+        if not leg.in_hop and self.on_exchange is not None:
+            self.on_exchange(leg.obs[0], leg.ctx)  # one exchange, however many points saw it
 
-    def _compact_key(self, key: tuple, entry: tuple[list[int], list[Leg]]) -> None:
-        self._stale.pop(key, None)
-        starts, legs = entry
-        keep = [i for i, v in enumerate(legs) if not v.done]
+    def _compact_entry(self, entry: _Keyed) -> None:
+        entry.stale = 0
+        legs = entry.legs
+        keep = [v for v in legs if not v.done]
         if not keep:
-            del self.index[key]
+            del self.index[entry.key]
         elif len(keep) < len(legs):
-            self.index[key] = ([starts[i] for i in keep], [legs[i] for i in keep])
+            entry.starts = [t for t, v in zip(entry.starts, legs) if not v.done]
+            entry.legs = keep
 
     def _compact(self) -> None:
-        for key in list(self._stale):
-            entry = self.index.get(key)
-            if entry is not None:
-                self._compact_key(key, entry)
-        self._stale.clear()
+        for entry in list(self.index.values()):
+            if entry.stale:
+                self._compact_entry(entry)
 
     def _out(self, ex: Exchange, ctx: TraceContext | None) -> None:
         if self.on_exchange is not None:

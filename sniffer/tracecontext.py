@@ -711,8 +711,85 @@ _MEMO_MAX = 4096
 _MISSING: Final = object()
 
 
+def _name_key(name: str) -> str | None:
+    """An exact ``str`` header name -> its lowercased form if that is a trace header name,
+    else None (memoised in ``_NAME_MEMO``)."""
+    key: str | None = name.lower()
+    if key not in TRACE_HEADER_NAMES:
+        key = None
+    if len(_NAME_MEMO) >= _MEMO_MAX:
+        _NAME_MEMO.clear()
+    _NAME_MEMO[name] = key
+    return key
+
+
+class _NotPlain(Exception):
+    """A header list that ``_extract_plain`` leaves to the general loop."""
+
+
+def _extract_plain(headers: list) -> TraceContext | None:
+    """``_extract`` of a list of ``(str, str)`` pairs, the parsers' header lists: the same
+    rules, in a loop that keeps the first trace header in two locals (most messages carry
+    one, and no ``tracestate``: those are memoised on that one ``(name, value)`` pair).
+    Raises ``_NotPlain`` for anything else (an item that is not a pair, a name or value that
+    is not an exact ``str``), which the general loop then reads from the start."""
+    name_get = _NAME_MEMO.get
+    key0 = value0 = None  # the first trace header other than tracestate
+    found: dict[str, Any] | None = None  # all of them, from the second one on
+    states: list[str] | None = None
+    try:
+        for name, value in headers:
+            if type(name) is not str:
+                raise _NotPlain
+            key = name_get(name, _MISSING)
+            if key is None:
+                continue
+            if key is _MISSING:
+                key = _name_key(name)
+                if key is None:
+                    continue
+            if type(value) is not str:
+                raise _NotPlain
+            if key == "tracestate":
+                state = value.strip(_OWS)  # (_text() of a str)
+                if states is None:
+                    states = [state]
+                else:
+                    states.append(state)
+            elif key0 is None:
+                key0, value0 = key, value
+            elif found is None:
+                if key != key0:
+                    found = {key0: value0, key: value}
+            elif key not in found:
+                found[key] = value
+    except (TypeError, ValueError):  # an item that does not unpack to two
+        raise _NotPlain from None
+    if key0 is None:
+        return None
+    memo_key: tuple
+    if found is None and states is None:
+        memo_key = (key0, value0)  # (never equal to a key of (name, value) pairs below)
+    else:
+        if found is None:
+            found = {key0: value0}
+        memo_key = (*found.items(), *(states or ()))
+    hit = _RESULT_MEMO.get(memo_key, _MISSING)
+    if hit is not _MISSING:
+        return hit  # type: ignore[return-value]
+    ctx = _parse_found(found if found is not None else {key0: value0}, states or [])
+    if len(_RESULT_MEMO) >= _MEMO_MAX:
+        _RESULT_MEMO.clear()
+    _RESULT_MEMO[memo_key] = ctx
+    return ctx
+
+
 def _extract(headers: HeaderPairs) -> TraceContext | None:
     if type(headers) is list:  # (the parsers' header lists: never a Mapping)
+        try:
+            return _extract_plain(headers)
+        except _NotPlain:
+            pass
         pairs: Iterable[Any] = headers
     else:
         pairs = headers.items() if isinstance(headers, Mapping) else headers
@@ -729,12 +806,7 @@ def _extract(headers: HeaderPairs) -> TraceContext | None:
         if type(name) is str:
             key = name_memo.get(name, _MISSING)
             if key is _MISSING:
-                key = name.lower()
-                if key not in names:
-                    key = None
-                if len(name_memo) >= _MEMO_MAX:
-                    name_memo.clear()
-                name_memo[name] = key
+                key = _name_key(name)
             if key is None:
                 continue
         elif isinstance(name, str):
