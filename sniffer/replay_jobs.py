@@ -58,15 +58,13 @@ def _child(paths: list[str], count: int, tcp_config: Any, conn: Connection,
     stats = Stats()
     items: list[Any] = []
     point_ids: dict[int, int] = {}
-    new_points: list[tuple[int, Any]] = []
-    keep: list[Any] = []  # the points sent (their ids must stay theirs)
+    new_points: list[tuple[int, Any]] = []  # (the captures hold every point: ids stay theirs)
 
     def pid(point: Any) -> int:
         n = point_ids.get(id(point))
         if n is None:
             n = point_ids[id(point)] = len(point_ids)
             new_points.append((n, point))
-            keep.append(point)
         return n
 
     def send() -> None:
